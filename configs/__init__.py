@@ -1,0 +1,1 @@
+"""Run configs: `configs/<name>.py` each define `get_config()`."""

@@ -1,0 +1,39 @@
+"""Launcher: parses `--config` and `--workdir` and trains.
+
+  python -m sgd_quad.main --config=configs/digits.py --workdir=/tmp/digits
+
+Any config field can be overridden, e.g. `--config.num_steps=500`. Bad
+config values end the program with one line naming the field, before anything
+is compiled or written.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sgd_quad import trainer
+from sgd_quad.errors import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Path to a config file in configs/.', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Directory for checkpoints, metrics and TensorBoard files.'
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

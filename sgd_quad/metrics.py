@@ -1,0 +1,145 @@
+"""One writer for every scalar a run produces: JSON lines plus TensorBoard.
+
+`metrics.jsonl` in the workdir is the record of a run: one line per step and
+kind (`{"step": 100, "kind": "train", "train/loss": ...}`), flushed and synced
+before the checkpoint of that step is committed, so a crash never loses a line
+that a checkpoint relies on. On resume `truncate_after` drops lines past the
+restored step, which makes the file of a killed-and-resumed run equal to that
+of an uninterrupted one (timing fields aside). TensorBoard events go through
+tensorboardX, which needs no TensorFlow; they may repeat steps after a resume.
+
+Only process 0 writes; the other processes get a writer that discards.
+"""
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from etils import epath
+
+METRICS_FILE = 'metrics.jsonl'
+
+# Fields that measure wall-clock time; they differ between otherwise identical
+# runs and are excluded when runs are compared.
+TIMING_FIELDS = ('steps_per_sec', 'eta_sec', 'wall_sec')
+
+
+def _plain(value):
+  """Turns numpy scalars into JSON numbers (non-finite values as strings)."""
+  if isinstance(value, (np.ndarray, np.generic)):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+class MetricWriter:
+  """Appends scalar records to `metrics.jsonl` and TensorBoard event files.
+
+  Attributes:
+    workdir: the run's directory.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.workdir = epath.Path(workdir)
+    self._enabled = enabled
+    self._lines = []
+    self._tb = None
+    if enabled:
+      # Imported here so that processes other than 0 never touch TensorBoard.
+      import tensorboardX
+
+      self._tb = tensorboardX.SummaryWriter(
+        os.fspath(self.workdir / 'tensorboard'), flush_secs=30
+      )
+
+  def write(self, step: int, kind: str, scalars: Mapping[str, float]):
+    """Queues one record; `flush` makes it durable.
+
+    Args:
+      step: the global step the scalars belong to.
+      kind: the record's kind, e.g. 'train', 'eval', 'probe'.
+      scalars: name -> value; names are written as given.
+    """
+    if not self._enabled:
+      return
+    record = {'step': int(step), 'kind': kind}
+    record.update({k: _plain(v) for k, v in scalars.items()})
+    self._lines.append(json.dumps(record, sort_keys=False))
+    for name, value in scalars.items():
+      value = _plain(value)
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._tb.add_scalar(name, value, int(step))
+
+  def flush(self):
+    """Appends queued lines to the metrics file and syncs them to storage.
+
+    On a local disk the lines are appended and fsync'ed. Object stores
+    (`gs://`) have no append, so there the file is rewritten through a
+    temporary copy that replaces it in one rename.
+    """
+    if not self._enabled or not self._lines:
+      return
+    text = ''.join(line + '\n' for line in self._lines)
+    path = self.workdir / METRICS_FILE
+    if _is_local(path):
+      with open(path, 'a') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    else:
+      old = path.read_text() if path.exists() else ''
+      _atomic_write(path, old + text)
+    self._lines = []
+    self._tb.flush()
+
+  def truncate_after(self, step: int):
+    """Drops every line with a step past `step` (used on resume)."""
+    if not self._enabled:
+      return
+    path = self.workdir / METRICS_FILE
+    if not path.exists():
+      return
+    kept = [r for r in read_metrics(self.workdir) if r['step'] <= step]
+    _atomic_write(path, ''.join(json.dumps(r) + '\n' for r in kept))
+
+  def close(self):
+    self.flush()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _is_local(path: epath.Path) -> bool:
+  return '://' not in os.fspath(path)
+
+
+def _atomic_write(path: epath.Path, text: str):
+  """Writes `text` to a temporary sibling, syncs it and renames it over."""
+  tmp = path.parent / f'.{path.name}.tmp'
+  if not _is_local(path):
+    tmp.write_text(text)
+  else:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+  tmp.replace(path)
+
+
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
+  """Reads the records of a run, optionally only those of one kind.
+
+  Args:
+    workdir: the run's directory.
+    kind: if given, keep only records of this kind ('train', 'eval', ...).
+
+  Returns:
+    The records in file order.
+  """
+  path = epath.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  return [r for r in records if kind is None or r['kind'] == kind]
