@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state, and loading pieces of them.
+"""Orbax checkpoints of the train state, verified by checksums.
 
 A checkpoint holds the whole `TrainState` (raw parameters, BatchNorm
 statistics, optimizer state and every averager's state) under the item
@@ -6,12 +6,21 @@ statistics, optimizer state and every averager's state) under the item
 `<workdir>/checkpoints/<step>`; orbax writes each one to a temporary directory
 and renames it when complete, so a kill during a save leaves the previous
 checkpoints intact.
+
+Orbax does not notice a flipped byte, so after each save the SHA-256 of every
+file of the checkpoint goes to `<workdir>/checkpoints/<step>.sha256.json`; a
+checkpoint counts as committed only once that file exists. `latest_good_step`
+verifies checkpoints newest first and skips, with a warning, any that is
+truncated, altered or missing files.
 """
 
+import hashlib
+import json
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 PyTree = Any
@@ -39,6 +48,69 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict):
     force=True,
   )
   mngr.wait_until_finished()
+  if jax.process_index() == 0:
+    _write_checksums(mngr.directory, step)
+    _remove_stale_checksums(mngr)
+
+
+def _checksum_file(directory: epath.Path, step: int) -> epath.Path:
+  return epath.Path(directory) / f'{step}.sha256.json'
+
+
+def _digests(step_dir: epath.Path) -> dict[str, str]:
+  """SHA-256 of every file below `step_dir`, by relative path."""
+  digests = {}
+  for path in sorted(step_dir.rglob('*')):
+    if path.is_file():
+      rel = path.as_posix()[len(step_dir.as_posix()) + 1 :]
+      digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return digests
+
+
+def _write_checksums(directory: epath.Path, step: int):
+  digests = _digests(epath.Path(directory) / str(step))
+  final = _checksum_file(directory, step)
+  tmp = final.parent / f'.{final.name}.tmp'
+  tmp.write_text(json.dumps(digests, indent=1))
+  tmp.replace(final)
+
+
+def _remove_stale_checksums(mngr: ocp.CheckpointManager):
+  kept = {str(s) for s in mngr.all_steps()}
+  for path in epath.Path(mngr.directory).glob('*.sha256.json'):
+    if path.name.split('.')[0] not in kept:
+      path.unlink()
+
+
+def verify(directory: epath.Path, step: int) -> str | None:
+  """Checks a checkpoint against its checksums.
+
+  Returns:
+    None when every file is present and unchanged, otherwise what is wrong.
+  """
+  sums = _checksum_file(directory, step)
+  if not sums.exists():
+    return 'it has no checksum file (the save did not complete)'
+  expected = json.loads(sums.read_text())
+  actual = _digests(epath.Path(directory) / str(step))
+  for rel, digest in expected.items():
+    if rel not in actual:
+      return f'file {rel} is missing'
+    if actual[rel] != digest:
+      return f'file {rel} does not match its checksum'
+  return None
+
+
+def latest_good_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The newest checkpoint that passes `verify`, warning about bad ones."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    problem = verify(mngr.directory, step)
+    if problem is None:
+      return step
+    logging.warning(
+      'Skipping checkpoint %s/%d: %s.', mngr.directory, step, problem
+    )
+  return None
 
 
 def abstract(tree: PyTree) -> PyTree:

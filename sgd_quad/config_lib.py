@@ -137,8 +137,11 @@ def validate(
 
 
 def _validate_schedule(config):
-  _one_of(config, 'schedule.name', ('constant', 'cosine', 'linear',
-                                    'piecewise', 'inverse_time', 'file'))
+  _one_of(
+    config,
+    'schedule.name',
+    ('constant', 'cosine', 'linear', 'piecewise', 'inverse_time', 'file'),
+  )
   sched = config.schedule
   _non_negative(config, 'schedule.warmup_steps')
   if sched.warmup_steps >= config.num_steps:

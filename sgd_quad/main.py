@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from sgd_quad import trainer
 from sgd_quad.errors import ConfigError
+from sgd_quad.workdir_lock import WorkdirBusyError
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file in configs/.', lock_config=True
@@ -29,10 +30,16 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except ConfigError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except (ConfigError, WorkdirBusyError) as e:
+    _fail(e, code=2)
+  except trainer.NonFiniteError as e:
+    _fail(e, code=3)
+
+
+def _fail(error: Exception, *, code: int):
+  logging.error('%s', error)
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(code)
 
 
 if __name__ == '__main__':

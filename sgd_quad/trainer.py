@@ -10,7 +10,9 @@ line so that a crash loses at most the steps since the last checkpoint.
 import functools
 import json
 import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -30,6 +32,7 @@ from sgd_quad import averaging, checkpoint, config_lib, data, models, optim
 from sgd_quad import steps as steps_lib
 from sgd_quad.errors import ConfigError
 from sgd_quad.metrics import MetricWriter
+from sgd_quad.workdir_lock import WorkdirBusyError, WorkdirLock
 
 PyTree = Any
 RAW = 'raw'
@@ -103,7 +106,8 @@ def _branch_source(config) -> tuple[epath.Path, int] | None:
     return None
   source = epath.Path(config.init_from)
   mngr = checkpoint.manager(os.fspath(source), keep=config.checkpoint.keep)
-  saved = mngr.all_steps()
+  good = checkpoint.latest_good_step(mngr)
+  saved = [s for s in mngr.all_steps() if good is not None and s <= good]
   if not saved:
     raise ConfigError('init_from', f'no checkpoint in {source}/checkpoints')
   step = config.init_from_step if config.init_from_step >= 0 else max(saved)
@@ -215,9 +219,7 @@ def _fresh_state(setup, step, params, stats, opt_state):
   if opt_state is None:
     opt_state = setup.tx.init(params)
   averages = {
-    name: avg.averager.init(
-      steps_lib.averaged_tree(params, stats, avg.bn_mode)
-    )
+    name: avg.averager.init(steps_lib.averaged_tree(params, stats, avg.bn_mode))
     for name, avg in setup.averagers.items()
   }
   return steps_lib.TrainState(
@@ -238,7 +240,9 @@ def branch_state(
   copied (`init_from_opt_state='keep'`) or started afresh ('reset'); the
   averagers start from the copied weights, and the step count continues.
   """
-  mngr = checkpoint.manager(os.fspath(source), keep=setup.config.checkpoint.keep)
+  mngr = checkpoint.manager(
+    os.fspath(source), keep=setup.config.checkpoint.keep
+  )
   template = _state_template(setup)
   stored = checkpoint.restore_fields(
     mngr,
@@ -276,8 +280,7 @@ def _to_global(setup: Setup, batch: Mapping[str, np.ndarray]):
   """Assembles the process-local rows into a batch sharded over the mesh."""
   rows = NamedSharding(setup.mesh, P('data'))
   return {
-    k: jax.make_array_from_process_local_data(rows, v)
-    for k, v in batch.items()
+    k: jax.make_array_from_process_local_data(rows, v) for k, v in batch.items()
   }
 
 
@@ -285,9 +288,7 @@ def model_variables(
   setup: Setup, state: steps_lib.TrainState, step: int
 ) -> dict[str, dict[str, PyTree]]:
   """The raw model and every averaged model that is defined at this step."""
-  variables = {
-    RAW: {'params': state.params, 'batch_stats': state.batch_stats}
-  }
+  variables = {RAW: {'params': state.params, 'batch_stats': state.batch_stats}}
   for name, avg in setup.averagers.items():
     tree, valid = avg.averager.result(state.averages[name])
     if not bool(valid):
@@ -358,9 +359,7 @@ class NonFiniteError(FloatingPointError):
 
 def _summarise(window: list[dict[str, jax.Array]], first: int, last: int):
   """Means of a window of per-step metrics; fails fast on non-finite ones."""
-  stacked = jax.device_get(
-    jax.tree.map(lambda *xs: jnp.stack(xs), *window)
-  )
+  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *window))
   for name in ('loss', 'grad_norm', 'param_norm', 'update_norm'):
     if not np.all(np.isfinite(stacked[name])):
       bad = first + int(np.argmin(np.isfinite(stacked[name])))
@@ -375,11 +374,78 @@ def _format_table(rows: list[dict]) -> str:
   """A plain-text table of final results, one row per model."""
   headers = list(rows[0])
   cells = [[str(r[h]) for h in headers] for r in rows]
-  widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in
-            enumerate(headers)]
-  line = lambda items: '  '.join(s.rjust(w) for s, w in zip(items, widths))
-  return '\n'.join([line(headers), line(['-' * w for w in widths])] +
-                   [line(c) for c in cells])
+  widths = [
+    max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)
+  ]
+  line = lambda items: '  '.join(
+    s.rjust(w) for s, w in zip(items, widths, strict=True)
+  )
+  return '\n'.join(
+    [line(headers), line(['-' * w for w in widths])] + [line(c) for c in cells]
+  )
+
+
+def _hold_workdir(workdir: epath.Path) -> WorkdirLock | None:
+  """Takes the workdir lock on process 0 and shares the verdict."""
+  lock, busy = None, ''
+  if jax.process_index() == 0:
+    lock = WorkdirLock(os.fspath(workdir))
+    try:
+      lock.acquire()
+    except WorkdirBusyError as e:
+      busy = str(e)
+  if jax.process_count() > 1:
+    busy = _broadcast_text(busy)
+  if busy:
+    raise WorkdirBusyError(busy)
+  return lock
+
+
+def _broadcast_text(text: str) -> str:
+  """Process 0's string, on every process."""
+  from jax.experimental import multihost_utils
+
+  data = np.zeros(1024, np.uint8)
+  raw = text.encode()[:1024]
+  data[: len(raw)] = np.frombuffer(raw, np.uint8)
+  data = multihost_utils.broadcast_one_to_all(data)
+  return bytes(np.asarray(data)).rstrip(b'\0').decode()
+
+
+class _Preemption:
+  """Notices SIGTERM; every process agrees on the step to stop at."""
+
+  def __init__(self):
+    self._signalled = threading.Event()
+    self._previous = None
+    if jax.process_count() == 1 and (
+      threading.current_thread() is threading.main_thread()
+    ):
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._signalled.set()
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled.is_set()
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _resume_step(mngr) -> int | None:
+  """The newest good checkpoint; newer, bad ones are deleted."""
+  good = checkpoint.latest_good_step(mngr)
+  for step in mngr.all_steps():
+    if good is None or step > good:
+      mngr.delete(step)
+  return good
 
 
 def train_and_evaluate(
@@ -392,7 +458,13 @@ def train_and_evaluate(
     workdir: where config, metrics, TensorBoard files and checkpoints go.
 
   Returns:
-    model name -> final {'train_loss', 'test_loss', 'test_accuracy'}.
+    model name -> final {'train_loss', 'test_loss', 'test_accuracy'}; empty
+    when the run stopped early on SIGTERM (it resumes on the next launch).
+
+  Raises:
+    ConfigError: for bad config values, before anything is written.
+    WorkdirBusyError: when another live run holds the workdir.
+    NonFiniteError: when training diverges (the last good checkpoint stays).
   """
   start_time = time.time()
   config_lib.validate(
@@ -404,39 +476,61 @@ def train_and_evaluate(
   _check_resume_config(config, workdir)
   branch = _branch_source(config)
   setup = build(config, first_step=branch[1] if branch else 0)
-  mngr = checkpoint.manager(os.fspath(workdir), keep=config.checkpoint.keep)
-  resume_step = mngr.latest_step()
 
+  lock = _hold_workdir(workdir)
   is_main = jax.process_index() == 0
   if is_main and not (workdir / 'config.json').exists():
     record = {'config': config_lib.to_dict(config), **code_version()}
     (workdir / 'config.json').write_text(json.dumps(record, indent=2))
+  mngr = checkpoint.manager(os.fspath(workdir), keep=config.checkpoint.keep)
   writer = MetricWriter(os.fspath(workdir), enabled=is_main)
+  preemption = _Preemption()
+  try:
+    resume_step = _resume_step(mngr)
+    if resume_step is not None:
+      logging.info('Resuming from checkpoint at step %d.', resume_step)
+      state, _ = checkpoint.restore(mngr, resume_step, _state_template(setup))
+      writer.truncate_after(resume_step)
+    elif branch is not None:
+      logging.info('Branching from %s at step %d.', *branch)
+      state = branch_state(setup, *branch)
+    else:
+      state = init_state(setup)
+    return _train_loop(setup, state, mngr, writer, lock, preemption, start_time)
+  finally:
+    preemption.close()
+    writer.close()
+    mngr.close()
+    if lock is not None:
+      lock.release()
 
-  if resume_step is not None:
-    logging.info('Resuming from checkpoint at step %d.', resume_step)
-    state, _ = checkpoint.restore(mngr, resume_step, _state_template(setup))
-    writer.truncate_after(resume_step)
-  elif branch is not None:
-    logging.info('Branching from %s at step %d.', branch[0], branch[1])
-    state = branch_state(setup, *branch)
-  else:
-    state = init_state(setup)
 
-  results = _train_loop(setup, state, mngr, writer, start_time)
-  writer.close()
-  mngr.close()
-  return results
+def _log_window(config, writer, window, first, step, elapsed):
+  """Writes the mean train metrics of the steps first..step."""
+  scalars = _summarise(window, first, step)
+  rate = (step - first + 1) / max(elapsed, 1e-9)
+  scalars['steps_per_sec'] = rate
+  scalars['eta_sec'] = (config.num_steps - step) / rate
+  logging.info(
+    'step %d/%d  loss %.4f  acc %.4f  lr %.4g  %.1f steps/s  %.0fs left',
+    step,
+    config.num_steps,
+    scalars['train/loss'],
+    scalars['train/accuracy'],
+    scalars['train/learning_rate'],
+    rate,
+    scalars['eta_sec'],
+  )
+  writer.write(step, 'train', scalars)
 
 
-def _train_loop(setup, state, mngr, writer, start_time):
+def _train_loop(setup, state, mngr, writer, lock, preemption, start_time):
   """Runs the steps from the state's step to `num_steps`."""
   config = setup.config
   step = int(state.step)
   evals = set(eval_steps(config))
   meta = {'config_hash': config_lib.config_hash(config)}
-  window, window_start = [], step
-  last_log_time, last_log_step = time.time(), step
+  window, window_time = [], time.time()
   results = None
 
   if step < config.num_steps:
@@ -447,41 +541,39 @@ def _train_loop(setup, state, mngr, writer, start_time):
     window.append(metrics)
     step += 1
 
+    stop = preemption.should_stop(step)
     at_eval = step in evals
-    at_checkpoint = step % config.checkpoint.every == 0 or at_eval
+    at_checkpoint = at_eval or stop or step % config.checkpoint.every == 0
     if step % config.log_every == 0 or at_checkpoint:
-      scalars = _summarise(window, window_start + 1, step)
-      now = time.time()
-      rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-      scalars['steps_per_sec'] = rate
-      scalars['eta_sec'] = (config.num_steps - step) / rate
-      logging.info(
-        'step %d/%d  loss %.4f  acc %.4f  lr %.4g  %.1f steps/s  %.0fs left',
-        step, config.num_steps, scalars['train/loss'],
-        scalars['train/accuracy'], scalars['train/learning_rate'], rate,
-        scalars['eta_sec'],
+      first = step - len(window) + 1
+      _log_window(
+        config, writer, window, first, step, time.time() - window_time
       )
-      writer.write(step, 'train', scalars)
-      window, window_start = [], step
-      last_log_time, last_log_step = now, step
-
+      window, window_time = [], time.time()
+      if lock is not None:
+        lock.heartbeat()
     if at_eval:
       scalars, results = _eval_scalars(setup, state, step)
       scalars['wall_sec'] = time.time() - start_time
       writer.write(step, 'eval', scalars)
       logging.info(
-        'eval at step %d: %s', step,
-        '  '.join(f'{k} {v:.4f}' for k, v in scalars.items()
-                  if k.startswith('eval/')),
+        'eval at step %d: %s',
+        step,
+        '  '.join(
+          f'{k} {v:.4f}' for k, v in scalars.items() if k.startswith('eval/')
+        ),
       )
     if at_checkpoint:
+      # Metrics up to `step` become durable before the checkpoint commits.
       writer.flush()
       checkpoint.save(mngr, step, state, {'step': step, **meta})
+    if stop:
+      logging.warning('Preempted: saved step %d; relaunch to resume.', step)
+      return {}
 
   if results is None:
     _, results = _eval_scalars(setup, state, step)
-  final = _final_results(setup, results, step, time.time() - start_time)
-  return final
+  return _final_results(setup, results, step, time.time() - start_time)
 
 
 def _final_results(setup, results, step, wall):
@@ -494,16 +586,17 @@ def _final_results(setup, results, step, wall):
       'test_loss': results['test'][name]['loss'],
       'test_accuracy': results['test'][name]['accuracy'],
     }
-    rows.append({
-      'model': name,
-      'bn_stats': 'live' if name == RAW else bn,
-      'train loss': f'{final[name]["train_loss"]:.4f}',
-      'test loss': f'{final[name]["test_loss"]:.4f}',
-      'test top-1': f'{100 * final[name]["test_accuracy"]:.2f}%',
-      'steps': step,
-      'wall time': f'{wall:.1f}s',
-    })
+    rows.append(
+      {
+        'model': name,
+        'bn_stats': 'live' if name == RAW else bn,
+        'train loss': f'{final[name]["train_loss"]:.4f}',
+        'test loss': f'{final[name]["test_loss"]:.4f}',
+        'test top-1': f'{100 * final[name]["test_accuracy"]:.2f}%',
+        'steps': step,
+        'wall time': f'{wall:.1f}s',
+      }
+    )
   if jax.process_index() == 0:
     print('\nFinal results\n' + _format_table(rows), flush=True)
   return final
-

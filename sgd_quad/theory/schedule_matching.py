@@ -1,0 +1,407 @@
+"""Averaging as a learning-rate schedule: exact moments and a matching solver.
+
+From a branch point where SGD is stationary at the base LR lam, branch (A)
+keeps lam and averages the iterates; branch (B) does not average and follows
+a schedule lam_t. Per direction the averaged iterate is a linear function of
+the iterates, so its variance follows from deterministic second-moment
+recursions (no Monte Carlo): EMA and SWA through the joint covariance of
+(x, m, z), two-point and LAWA averages through the stationary
+autocovariance. `match_schedule` then picks, step by step, the one scalar
+lam_t that makes B's expected excess loss sum_i 0.5 h_i v_i(t) equal A's,
+and `write_schedule` stores it as the per-step `.npy` array the trainer
+reads.
+"""
+
+import functools
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from sgd_quad.theory import _checks
+from sgd_quad.theory import noisy_quadratic as nq
+from sgd_quad.theory import rules as rules_lib
+from sgd_quad.theory.spectrum import Spectrum
+
+
+def _check_base(
+  spectrum: Spectrum, lr: float, num_steps: int, momentum: float, form: str
+) -> int:
+  _checks.positive('lr', lr)
+  _checks.in_range('momentum', momentum, 0.0, 1.0, high_open=True)
+  _checks.stable_lr(lr, spectrum.h, momentum)
+  if form not in nq.MOMENTUM_FORMS:
+    raise ValueError(
+      f'momentum_form must be one of {", ".join(nq.MOMENTUM_FORMS)}, got '
+      f'{form!r}'
+    )
+  return _checks.integer('num_steps', num_steps, 1)
+
+
+def _matrix(f: nq.Transition) -> tuple[jax.Array, jax.Array]:
+  """(A, b) of u' = A u + b xi for u = (x, m): shapes (D, 2, 2), (D, 2)."""
+  a = jnp.stack([jnp.stack([f.xx, f.xm], -1), jnp.stack([f.mx, f.mm], -1)], -2)
+  return a, jnp.stack([f.x_noise, f.m_noise], -1)
+
+
+def _propagate(p: jax.Array, a: jax.Array, b: jax.Array, s2: jax.Array):
+  """P' = A P A^T + s^2 b b^T, batched over directions."""
+  return jnp.einsum('dij,djk,dlk->dil', a, p, a) + s2[:, None, None] * (
+    b[:, :, None] * b[:, None, :]
+  )
+
+
+def _stationary_matrix(spectrum, lr, momentum, form) -> jax.Array:
+  xx, xm, mm = nq.stationary_moments(spectrum, lr, momentum, form)
+  return jnp.stack([jnp.stack([xx, xm], -1), jnp.stack([xm, mm], -1)], -2)
+
+
+@functools.partial(jax.jit, static_argnames=('form',))
+def _running_average_variance(h, s2, lr, momentum, weights, form):
+  """Var(z_t), t = 0..T, for z_t = (1 - r_t) z_{t-1} + r_t x_t, z_0 = x_0."""
+  spectrum = Spectrum(h, s2)
+  p = _stationary_matrix(spectrum, lr, momentum, form)
+  a, b = _matrix(nq.transition(lr, h, momentum, form))
+  # Joint covariance of (x, m, z), starting with z = x.
+  p3 = jnp.zeros((h.shape[0], 3, 3))
+  p3 = p3.at[:, :2, :2].set(p)
+  p3 = p3.at[:, 2, :2].set(p[:, 0]).at[:, :2, 2].set(p[:, 0])
+  p3 = p3.at[:, 2, 2].set(p[:, 0, 0])
+
+  def step(p3, r):
+    top = jnp.concatenate([a, jnp.zeros((h.shape[0], 2, 1))], -1)
+    bottom = jnp.concatenate(
+      [r * a[:, :1, :], jnp.full((h.shape[0], 1, 1), 1.0 - r)], -1
+    )
+    m = jnp.concatenate([top, bottom], -2)
+    noise = jnp.concatenate([b, r * b[:, :1]], -1)
+    p3 = _propagate(p3, m, noise, s2)
+    return p3, p3[:, 2, 2]
+
+  _, var = lax.scan(step, p3, weights)
+  return jnp.concatenate([p[None, :, 0, 0], var])
+
+
+@functools.partial(jax.jit, static_argnames=('max_lag', 'form'))
+def _autocovariance(h, s2, lr, momentum, max_lag, form):
+  """Stationary Cov(x_t, x_{t+d}) = (A^d P)_00 for d = 0..max_lag: (L, D)."""
+  p = _stationary_matrix(Spectrum(h, s2), lr, momentum, form)
+  a, _ = _matrix(nq.transition(lr, h, momentum, form))
+  row = jnp.stack([jnp.ones_like(h), jnp.zeros_like(h)], -1)
+
+  def step(row, _):
+    return jnp.einsum('di,dij->dj', row, a), jnp.sum(row * p[:, :, 0], -1)
+
+  _, cov = lax.scan(step, row, None, length=max_lag + 1)
+  return cov
+
+
+def averaged_variance(
+  rule: rules_lib.AveragingRule,
+  spectrum: Spectrum,
+  lr: float,
+  num_steps: int,
+  *,
+  momentum: float = 0.0,
+  momentum_form: str = 'heavy_ball',
+) -> jax.Array:
+  """Exact variance of an averaged iterate after a stationary branch point.
+
+  SGD runs at the constant lam from the stationary state at step 0; the rule
+  (steps counted from the branch) averages x_0, x_1, .... With u = (x, m)
+  evolving as u' = A u + b xi and P its stationary covariance:
+
+  - EMA, SWA: z_t = (1 - r_t) z_{t-1} + r_t x_t (`rules.running_weight`), so
+    (x, m, z) is linear with noise and its 3x3 covariance obeys
+    P3' = M_t P3 M_t^T + s^2 c_t c_t^T exactly.
+  - two-point: Var = 0.5 (C(0) + C(d_t)), C(d) = (A^d P)_00 the stationary
+    autocovariance ((1 - alpha)^d Var_inf without momentum),
+    d_t = min(max(t - s, 0), k).
+  - LAWA with n snapshots c apart: Var = (1 / n^2) [n C(0)
+    + 2 sum_{d=1}^{n-1} (n - d) C(c d)].
+
+  Args:
+    rule: the averaging rule.
+    spectrum: the model's spectrum, D directions.
+    lr: lam > 0, stable on every direction.
+    num_steps: T >= 1.
+    momentum: mu in [0, 1).
+    momentum_form: 'heavy_ball' or 'trace' (see `noisy_quadratic`).
+
+  Returns:
+    (T + 1, D) variances at branch steps 0..T.
+  """
+  num_steps = _check_base(spectrum, lr, num_steps, momentum, momentum_form)
+  rule = rules_lib.check_rule(rule)
+  h, s2 = spectrum.h, spectrum.s2
+  mu = jnp.asarray(momentum, dtype=float)
+  lr_arr = jnp.asarray(lr, dtype=float)
+  steps = np.arange(num_steps + 1)
+  offset = steps - rule.start_step
+
+  if isinstance(rule, (rules_lib.EmaRule, rules_lib.SwaRule)):
+    weights = rules_lib.running_weight(rule, steps[1:])
+    return _running_average_variance(h, s2, lr_arr, mu, weights, momentum_form)
+
+  if isinstance(rule, rules_lib.TwoPointRule):
+    lags = np.clip(offset, 0, rule.gap)
+    cov = _autocovariance(h, s2, lr_arr, mu, int(lags.max()), momentum_form)
+    return 0.5 * (cov[0] + cov[lags])
+
+  m, c = rule.num_snapshots, rule.period
+  counts = np.where(offset < 0, 1, np.minimum(offset // c + 1, m))
+  n_max = int(counts.max())
+  cov = _autocovariance(h, s2, lr_arr, mu, c * (n_max - 1), momentum_form)
+  lagged = cov[::c]  # C(c d), d = 0..n_max-1.
+  n = np.arange(1, n_max + 1)
+  pairs = np.clip(n[:, None] - np.arange(1, n_max)[None, :], 0, None)
+  table = (n[:, None] * lagged[0] + 2.0 * pairs @ lagged[1:]) / n[:, None] ** 2
+  return table[counts - 1]
+
+
+def averaged_excess_loss(
+  rule: rules_lib.AveragingRule,
+  spectrum: Spectrum,
+  lr: float,
+  num_steps: int,
+  *,
+  momentum: float = 0.0,
+  momentum_form: str = 'heavy_ball',
+) -> jax.Array:
+  """Expected excess full-batch loss of an averaged iterate, exactly.
+
+  sum_i 0.5 h_i Var_i(t) with Var from `averaged_variance`.
+
+  Args:
+    rule: the averaging rule.
+    spectrum: the model's spectrum.
+    lr: lam > 0.
+    num_steps: T >= 1.
+    momentum: mu in [0, 1).
+    momentum_form: 'heavy_ball' or 'trace'.
+
+  Returns:
+    (T + 1,) losses at branch steps 0..T.
+  """
+  var = averaged_variance(
+    rule,
+    spectrum,
+    lr,
+    num_steps,
+    momentum=momentum,
+    momentum_form=momentum_form,
+  )
+  return 0.5 * var @ spectrum.h
+
+
+@functools.partial(jax.jit, static_argnames=('form',))
+def _schedule_loss(h, s2, base_lr, momentum, lrs, form):
+  p = _stationary_matrix(Spectrum(h, s2), base_lr, momentum, form)
+
+  def step(p, lr):
+    a, b = _matrix(nq.transition(lr, h, momentum, form))
+    p = _propagate(p, a, b, s2)
+    return p, 0.5 * jnp.sum(h * p[:, 0, 0])
+
+  _, loss = lax.scan(step, p, lrs)
+  return jnp.concatenate([0.5 * jnp.sum(h * p[:, 0, 0])[None], loss])
+
+
+def schedule_excess_loss(
+  spectrum: Spectrum,
+  learning_rates: ArrayLike,
+  *,
+  base_lr: float,
+  momentum: float = 0.0,
+  momentum_form: str = 'heavy_ball',
+) -> jax.Array:
+  """Expected excess loss of plain (unaveraged) SGD under a schedule.
+
+  From the stationary state at `base_lr`, per direction and exactly:
+  v_{t+1} = (1 - lam_t h)^2 v_t + lam_t^2 h^2 s^2 without momentum, the
+  2x2 covariance recursion of (x, m) with it.
+
+  Args:
+    spectrum: the model's spectrum.
+    learning_rates: (T,) LRs of the updates from branch step t to t + 1.
+    base_lr: lam > 0 of the stationary start.
+    momentum: mu in [0, 1).
+    momentum_form: 'heavy_ball' or 'trace'.
+
+  Returns:
+    (T + 1,) losses at branch steps 0..T.
+  """
+  lrs = jnp.asarray(learning_rates, dtype=float)
+  _check_base(spectrum, base_lr, lrs.shape[0], momentum, momentum_form)
+  _checks.in_range('learning_rates', lrs, 0.0)
+  return _schedule_loss(
+    spectrum.h,
+    spectrum.s2,
+    jnp.asarray(base_lr, dtype=float),
+    jnp.asarray(momentum, dtype=float),
+    lrs,
+    momentum_form,
+  )
+
+
+class MatchedSchedule(NamedTuple):
+  """Result of `match_schedule`.
+
+  Attributes:
+    learning_rates: (T,) lam_t, the LR of the update from branch step t to
+      t + 1.
+    target_loss: (T + 1,) expected excess loss of the averaged iterate.
+    matched_loss: (T + 1,) expected excess loss of SGD under the schedule.
+    clipped: (T,) True where no lam_t >= 0 reached the target; there lam_t
+      is the reachable LR closest to it (the minimiser of the next loss, or
+      0).
+  """
+
+  learning_rates: jax.Array
+  target_loss: jax.Array
+  matched_loss: jax.Array
+  clipped: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=('form',))
+def _solve(h, s2, base_lr, momentum, targets, form):
+  """Per-step roots of the quadratic loss(lam_t) = target_{t+1}."""
+  p = _stationary_matrix(Spectrum(h, s2), base_lr, momentum, form)
+  # The x row of A is affine in the LR: A_x(l) = e0 - l e1, b_x(l) = l h.
+  row0, _ = _matrix(nq.transition(0.0, h, momentum, form))
+  row1, _ = _matrix(nq.transition(1.0, h, momentum, form))
+  e0, e1 = row0[:, 0], row0[:, 0] - row1[:, 0]
+
+  def step(carry, target):
+    p, previous = carry
+    p_e0 = jnp.einsum('dij,dj->di', p, e0)
+    q0 = 0.5 * jnp.sum(h * jnp.sum(e0 * p_e0, -1))
+    q1 = 0.5 * jnp.sum(h * jnp.sum(e1 * p_e0, -1))
+    q2 = 0.5 * jnp.sum(h * (jnp.einsum('di,dij,dj->d', e1, p, e1) + h**2 * s2))
+    # loss(l) = q0 - 2 l q1 + l^2 q2; pick the root on the side of the
+    # vertex where the previous LR lies, so the schedule stays continuous.
+    vertex = q1 / q2
+    disc = q1**2 - q2 * (q0 - target)
+    root = jnp.sqrt(jnp.maximum(disc, 0.0))
+    high = (q1 + root) / q2
+    denom = q1 + root
+    low = jnp.where(
+      denom > 0, (q0 - target) / jnp.where(denom > 0, denom, 1.0), vertex
+    )
+    lr = jnp.where(disc >= 0, jnp.where(previous >= vertex, high, low), vertex)
+    clipped = (disc < 0) | (lr < 0)
+    lr = jnp.maximum(lr, 0.0)
+    a, b = _matrix(nq.transition(lr, h, momentum, form))
+    p = _propagate(p, a, b, s2)
+    return (p, lr), (lr, clipped, 0.5 * jnp.sum(h * p[:, 0, 0]))
+
+  _, (lrs, clipped, loss) = lax.scan(step, (p, base_lr), targets)
+  start = 0.5 * jnp.sum(h * p[:, 0, 0])
+  return lrs, clipped, jnp.concatenate([start[None], loss])
+
+
+def match_schedule(
+  rule: rules_lib.AveragingRule,
+  spectrum: Spectrum,
+  lr: float,
+  num_steps: int,
+  *,
+  momentum: float = 0.0,
+  momentum_form: str = 'heavy_ball',
+) -> MatchedSchedule:
+  """The scalar LR schedule whose excess loss matches an averaged iterate's.
+
+  Target: L_A(t) = `averaged_excess_loss` (constant lam, averaging from the
+  branch). Schedule: from the same stationary state, lam_t is chosen so that
+  the exact unaveraged recursion (no momentum:
+  v_{t+1} = (1 - lam_t h_i)^2 v_t + lam_t^2 h_i^2 s_i^2) gives
+  sum_i 0.5 h_i v_i(t + 1) = L_A(t + 1). That loss is a quadratic
+  q0 - 2 lam q1 + lam^2 q2 in lam_t (also with momentum), so each step is a
+  closed-form root: the one on the same side of the vertex q1 / q2 as
+  lam_{t-1} (lam_{-1} = lam), which keeps the schedule continuous with lam.
+  Where the target lies below the vertex value the vertex is used, and where
+  the root is negative 0 is used; both are flagged in `clipped`. One scalar
+  cannot match every direction, only the sum.
+
+  Args:
+    rule: the averaging rule of branch A.
+    spectrum: the model's spectrum, D directions.
+    lr: lam > 0, the base LR, stable on every direction.
+    num_steps: T >= 1 branch steps.
+    momentum: mu in [0, 1).
+    momentum_form: 'heavy_ball' or 'trace' (optax.sgd; see
+      `noisy_quadratic.transition`).
+
+  Returns:
+    A `MatchedSchedule`.
+  """
+  target = averaged_excess_loss(
+    rule,
+    spectrum,
+    lr,
+    num_steps,
+    momentum=momentum,
+    momentum_form=momentum_form,
+  )
+  lrs, clipped, matched = _solve(
+    spectrum.h,
+    spectrum.s2,
+    jnp.asarray(lr, dtype=float),
+    jnp.asarray(momentum, dtype=float),
+    target[1:],
+    momentum_form,
+  )
+  return MatchedSchedule(lrs, target, matched, clipped)
+
+
+def write_schedule(
+  path: str | os.PathLike,
+  learning_rates: ArrayLike | MatchedSchedule,
+  *,
+  base_lr: float,
+  branch_step: int,
+) -> np.ndarray:
+  """Writes a per-step LR array for the trainer's 'file' schedule.
+
+  Entry i is the LR of global step i (the update from step i to i + 1):
+  `base_lr` for i < t0 = `branch_step`, then the branch schedule, so the
+  array has t0 + T entries. Written as float32 `.npy` to a temporary name
+  in the same directory, then renamed, so a reader never sees a partial
+  file.
+
+  Args:
+    path: destination, conventionally ending in '.npy' (written as given).
+    learning_rates: (T,) branch LRs, or a `MatchedSchedule`.
+    base_lr: LR before the branch, > 0.
+    branch_step: t0 >= 0.
+
+  Returns:
+    The float32 array written.
+
+  Raises:
+    ValueError: bad base_lr or branch_step, or learning_rates that are not a
+      1-D array of finite values >= 0.
+  """
+  if isinstance(learning_rates, MatchedSchedule):
+    learning_rates = learning_rates.learning_rates
+  _checks.positive('base_lr', base_lr)
+  branch_step = _checks.integer('branch_step', branch_step, 0)
+  lrs = np.asarray(learning_rates, dtype=np.float64)
+  if lrs.ndim != 1:
+    raise ValueError(f'learning_rates must be 1-D, got shape {lrs.shape}')
+  _checks.in_range('learning_rates', lrs, 0.0)
+  full = np.concatenate([np.full(branch_step, base_lr), lrs]).astype(np.float32)
+  path = os.fspath(path)
+  temporary = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(temporary, 'wb') as f:
+      np.save(f, full)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+  return full
