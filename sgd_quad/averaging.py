@@ -58,13 +58,15 @@ class Averager(NamedTuple):
 
 
 def _zeros_f32(tree: PyTree) -> PyTree:
-  return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), tree)
+  return jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), tree)
 
 
 def _ring(tree: PyTree, size: int) -> PyTree:
   """Zeroed snapshot ring: each leaf gains a leading axis of `size`."""
+  # Broadcasting zeros_like keeps the leaves' sharding on the trailing axes.
   return jax.tree.map(
-    lambda x: jnp.zeros((size, *jnp.shape(x)), jnp.result_type(x)), tree
+    lambda x: jnp.broadcast_to(jnp.zeros_like(x)[None], (size, *jnp.shape(x))),
+    tree,
   )
 
 
@@ -681,6 +683,11 @@ def with_averages(
   """
   inner = optax.with_extra_args_support(inner)
   averagers = dict(averagers)
+  for name, averager in averagers.items():
+    if not isinstance(averager, Averager):
+      raise TypeError(
+        f'averagers[{name!r}] is a {type(averager).__name__}, not an Averager'
+      )
 
   def init(params: optax.Params) -> WithAveragesState:
     return WithAveragesState(
@@ -953,28 +960,36 @@ def build_averagers(
   *,
   num_steps: int,
   eval_steps: Iterable[int],
+  first_step: int = 0,
 ) -> dict[str, AveragedModel]:
   """The averaged models a `config.averaging` block asks for, by name.
 
   Names: `ema_<decay>` (e.g. `ema_0.999`), `swa`, `lawa_<m>x<c>`,
   `two_point_k<k>`, `multi_point_<m>x<k>`. Validates `cfg` first.
 
+  Averagers count the updates they see, so a run branched at global step
+  `first_step` gets averagers whose start and evaluation steps are shifted
+  by it: they begin with the branch point's weights.
+
   Args:
     cfg: the block (`config.averaging`).
-    num_steps: optimizer steps in the run.
-    eval_steps: steps at which models are evaluated.
+    num_steps: the global step the run trains to.
+    eval_steps: global steps at which models are evaluated.
+    first_step: the global step at which the averagers are initialised.
 
   Returns:
     name -> `AveragedModel`, in the order above; empty when all are off.
   """
   eval_steps = [int(e) for e in eval_steps]
   validate(cfg, num_steps=num_steps, eval_steps=eval_steps)
+  eval_steps = [e - first_step for e in eval_steps if e > first_step]
+  shift = lambda start: max(0, start - first_step)
   models = {}
   for decay in cfg.ema_decays:
     models[f'ema_{float(decay)!r}'] = AveragedModel(
       ema(
         float(decay),
-        start_step=cfg.ema_start,
+        start_step=shift(cfg.ema_start),
         period=cfg.ema_period,
         warmup=cfg.ema_warmup,
         debias=cfg.ema_debias,
@@ -983,7 +998,8 @@ def build_averagers(
     )
   if cfg.swa:
     models['swa'] = AveragedModel(
-      swa(start_step=cfg.swa_start, period=cfg.swa_period), cfg.swa_bn
+      swa(start_step=shift(cfg.swa_start), period=cfg.swa_period),
+      cfg.swa_bn,
     )
   if cfg.lawa_snapshots:
     m, c = cfg.lawa_snapshots, cfg.lawa_period

@@ -59,12 +59,15 @@ def _checksum_file(directory: epath.Path, step: int) -> epath.Path:
 
 def _digests(step_dir: epath.Path) -> dict[str, str]:
   """SHA-256 of every file below `step_dir`, by relative path."""
-  digests = {}
-  for path in sorted(step_dir.rglob('*')):
-    if path.is_file():
-      rel = path.as_posix()[len(step_dir.as_posix()) + 1 :]
-      digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-  return digests
+  digests, pending = {}, [step_dir]
+  while pending:  # epath has no recursive glob on object stores
+    for path in pending.pop().iterdir():
+      if path.is_dir():
+        pending.append(path)
+      else:
+        rel = path.as_posix()[len(step_dir.as_posix()) + 1 :]
+        digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return dict(sorted(digests.items()))
 
 
 def _write_checksums(directory: epath.Path, step: int):
@@ -168,3 +171,56 @@ def restore_fields(
     ),
   )
   return restored['state']
+
+
+def load_subtree(
+  workdir: str,
+  path: tuple[str, ...],
+  *,
+  step: int | None = None,
+  template: PyTree | None = None,
+) -> PyTree:
+  """Reads one subtree of a saved state, e.g. ('averages', 'ema_0.999').
+
+  Only the arrays of that subtree are read, onto the default device; no
+  model, optimizer or data is needed.
+
+  Args:
+    workdir: the run's directory.
+    path: keys from the state's root to the subtree.
+    step: a saved step; None for the newest good one.
+    template: optional tree of `ShapeDtypeStruct`s (or arrays) to restore
+      into, for example a NamedTuple averager state; by default the subtree
+      comes back as nested dicts.
+
+  Returns:
+    The subtree's arrays.
+  """
+  mngr = manager(workdir, keep=2)
+  step = latest_good_step(mngr) if step is None else step
+  mngr.close()
+  if step is None:
+    raise FileNotFoundError(f'no good checkpoint in {workdir}/checkpoints')
+  item_dir = epath.Path(workdir) / 'checkpoints' / str(step) / 'state'
+  ckptr = ocp.PyTreeCheckpointer()
+  tree = ckptr.metadata(item_dir).item_metadata.tree
+  for key in path:
+    tree = tree[key]
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  leaves = template if template is not None else tree
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), leaves
+  )
+  for key in reversed(path):
+    target = {key: target}
+  restored = ckptr.restore(
+    item_dir,
+    args=ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True,
+    ),
+  )
+  for key in path:
+    restored = restored[key]
+  return restored

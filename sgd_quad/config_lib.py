@@ -82,7 +82,7 @@ def validate(
     ConfigError: naming the first bad field and the allowed values.
   """
   # Imported here: these modules import this one for their own checks.
-  from sgd_quad import averaging, data, models, optim, train
+  from sgd_quad import averaging, data, models, optim, trainer
 
   for field in ('num_steps', 'batch_size', 'eval_batch_size', 'log_every'):
     _positive(config, field, integer=True)
@@ -128,7 +128,7 @@ def validate(
     global_batch_size=config.batch_size,
     process_count=process_count,
   )
-  eval_steps = train.eval_steps(config)
+  eval_steps = trainer.eval_steps(config)
   averaging.validate(
     config.averaging, num_steps=config.num_steps, eval_steps=eval_steps
   )

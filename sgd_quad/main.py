@@ -7,6 +7,7 @@ config values end the program with one line naming the field, before anything
 is compiled or written.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -25,9 +26,19 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO records of orbax, whose per-save chatter hides our lines."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno > std_logging.INFO or (
+      '/orbax/' not in record.pathname
+    )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, WorkdirBusyError) as e:

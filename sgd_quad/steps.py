@@ -44,15 +44,6 @@ class TrainState:
   averages: dict[str, PyTree]
 
 
-def averaged_tree(
-  params: PyTree, batch_stats: PyTree, bn_mode: str
-) -> PyTree:
-  """The tree an averager follows: weights, plus statistics in `average`."""
-  if bn_mode == 'average':
-    return {'params': params, 'batch_stats': batch_stats}
-  return {'params': params}
-
-
 def cross_entropy(
   logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
@@ -130,7 +121,10 @@ def train_step(
 
   averages = {
     name: avg.averager.update(
-      averaged_tree(params, batch_stats, avg.bn_mode), state.averages[name]
+      averaging.variables_to_average(
+        {'params': params, 'batch_stats': batch_stats}, avg.bn_mode
+      ),
+      state.averages[name],
     )
     for name, avg in averagers.items()
   }
@@ -145,9 +139,9 @@ def train_step(
     'loss': loss,
     'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
     'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
-    'grad_norm': optax.global_norm(grads),
-    'update_norm': optax.global_norm(updates),
-    'param_norm': optax.global_norm(params),
+    'grad_norm': optax.tree.norm(grads),
+    'update_norm': optax.tree.norm(updates),
+    'param_norm': optax.tree.norm(params),
   }
   return new_state, metrics
 
@@ -180,3 +174,31 @@ def eval_step(
       'count': jnp.sum(mask),
     }
   return sums
+
+
+def model_variables(
+  state: TrainState,
+  *,
+  averagers: Mapping[str, averaging.AveragedModel],
+) -> tuple[dict[str, PyTree], dict[str, jax.Array]]:
+  """The variables of the raw model and of every averaged model.
+
+  Averaged models in BatchNorm mode `average` carry their averaged
+  statistics; `live` and `recompute` ones get the raw model's statistics
+  here (the trainer replaces them for `recompute`).
+
+  Args:
+    state: the train state.
+    averagers: name -> averaged model definition.
+
+  Returns:
+    name -> {'params', 'batch_stats'} ('raw' first), and name -> a bool
+    scalar that says whether that model is defined at this step.
+  """
+  raw = {'params': state.params, 'batch_stats': state.batch_stats}
+  variables, valid = {'raw': raw}, {'raw': jnp.bool_(True)}
+  for name, avg in averagers.items():
+    tree, valid[name] = avg.averager.result(state.averages[name])
+    stats = tree.get('batch_stats', state.batch_stats)
+    variables[name] = {'params': tree['params'], 'batch_stats': stats}
+  return variables, valid

@@ -13,6 +13,7 @@ already decoded (so the PNG/JPEG decoding path is never run), and in tfds
 TypeError.
 """
 
+import inspect
 import io
 import json
 import os
@@ -40,8 +41,9 @@ def _fake_builder_cls(tfds_name: str, split_sizes: dict[str, int], make):
 
   class Fake(base, skip_registration=True):
     name = tfds_name
-    code_path = base.code_path
-    pkg_dir_path = base._get_pkg_dir_path()
+    # tfds would derive both through `importlib_resources`, not installed.
+    code_path = epath.Path(inspect.getfile(base))
+    pkg_dir_path = code_path.parent
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -61,7 +63,15 @@ def _cifar_example(split: str, i: int) -> dict:
   rng = np.random.default_rng([len(split), i])
   pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
   # A PIL image: encoding a numpy array would need TensorFlow.
-  return {'id': f'{split}_{i}', 'image': Image.fromarray(pixels), 'label': i}
+  return {
+    'id': f'{split}_{i}',
+    'image': Image.fromarray(pixels),
+    'label': i % 10,
+  }
+
+
+def _cifar100_example(split: str, i: int) -> dict:
+  return {**_cifar_example(split, i), 'coarse_label': i % 20}
 
 
 def _imagenet_example(split: str, i: int) -> dict:
@@ -87,8 +97,8 @@ def digits_dir(tmp_path_factory) -> str:
 def catalogue_dir(tmp_path_factory) -> str:
   path = str(tmp_path_factory.mktemp('catalogue_tfds'))
   fakes = [
-    ('cifar10', {'train': 24, 'test': 10}, lambda s, i: _cifar_example(s, i)),
-    ('cifar100', {'train': 8, 'test': 3}, _cifar_example),
+    ('cifar10', {'train': 24, 'test': 10}, _cifar_example),
+    ('cifar100', {'train': 8, 'test': 3}, _cifar100_example),
     ('imagenet2012', {'train': 6, 'validation': 5}, _imagenet_example),
   ]
   for name, sizes, make in fakes:
@@ -181,25 +191,29 @@ def test_prepare_twice_is_a_noop(digits_dir):
   assert os.stat(info).st_mtime_ns == before
 
 
+# Loads digits.py on its own: through the package it would import grain and
+# jax, seconds per child on a small machine.
 _PREPARE_SCRIPT = textwrap.dedent("""
-  import os, sys, time
-  data_dir, go, ready = sys.argv[1:]
-  from sgd_quad.data import digits
+  import importlib.util, os, sys, time
+  path, data_dir, go, ready = sys.argv[1:]
+  spec = importlib.util.spec_from_file_location('digits', path)
+  digits = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(digits)
   open(ready, 'w').close()
   while not os.path.exists(go):
     time.sleep(0.01)
-  print(int(digits.prepare_digits(data_dir)))
-  print(len(digits.load_digits_split(data_dir, 'train')['label']))
+  print('RESULT', int(digits.prepare_digits(data_dir)))
 """)
 
 
 def test_concurrent_preparation_writes_one_dataset(tmp_path):
   data_dir = tmp_path / 'tfds'
   go = tmp_path / 'go'
-  readies = [tmp_path / f'ready{i}' for i in range(3)]
+  readies = [tmp_path / f'ready{i}' for i in range(2)]
   procs = [
     subprocess.Popen(
-      [sys.executable, '-c', _PREPARE_SCRIPT, str(data_dir), str(go), str(r)],
+      [sys.executable, '-c', _PREPARE_SCRIPT, digits.__file__]
+      + [str(data_dir), str(go), str(r)],
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -209,14 +223,21 @@ def test_concurrent_preparation_writes_one_dataset(tmp_path):
   deadline = time.time() + 60
   while not all(r.exists() for r in readies) and time.time() < deadline:
     time.sleep(0.05)
-  go.touch()  # All three call prepare_digits at about the same moment.
+  go.touch()  # Both call prepare_digits at about the same moment.
   outputs = [p.communicate(timeout=60) for p in procs]
   assert all(p.returncode == 0 for p in procs), [e for _, e in outputs]
 
-  lines = [out.split() for out, _ in outputs]
-  assert sorted(int(line[0]) for line in lines) == [0, 0, 1]
-  assert all(int(line[1]) == digits.NUM_TRAIN for line in lines)
+  prepared = [
+    int(line.split()[1])
+    for out, _ in outputs
+    for line in out.splitlines()
+    if line.startswith('RESULT')
+  ]
+  assert sorted(prepared) == [0, 1]
   assert os.listdir(data_dir / 'sklearn_digits') == ['1.0.0']
+  for split, size in (('train', digits.NUM_TRAIN), ('test', digits.NUM_TEST)):
+    loaded = digits.load_digits_split(str(data_dir), split)
+    assert len(loaded['label']) == size
 
 
 def test_batch_is_a_pure_function_of_seed_and_step(digits_dir):
@@ -252,6 +273,8 @@ def test_augmentation_is_keyed_by_example_and_epoch(digits_dir):
   raw = digits.load_digits_split(digits_dir, 'train')['image'][rows]
   expected = (raw / 16 - digits.MEAN) / digits.STD
   np.testing.assert_allclose(plain['image'], expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(IndexError, match=r'\[0, 1437\)'):
+    train.batch_from_indices(np.array([0, 1437]), epoch=0)
   # Where a row sits in the batch does not change its augmentation.
   single = train.batch_from_indices(rows[5:6], epoch=0)
   np.testing.assert_array_equal(single['image'][0], first['image'][5])
@@ -404,9 +427,9 @@ def test_augmentation_registry_and_defaults():
     ({'num_workers': -1}, 64, 1, 'data.num_workers'),
     ({'prefetch': 0}, 64, 1, 'data.prefetch'),
     ({'train_eval_examples': 0}, 64, 1, 'data.train_eval_examples'),
-    ({}, 0, 1, 'data.batch_size'),
-    ({}, 64, 3, 'data.batch_size'),
-    ({}, 2048, 1, 'data.batch_size'),
+    ({}, 0, 1, 'batch_size'),
+    ({}, 64, 3, 'batch_size'),
+    ({}, 2048, 1, 'batch_size'),
   ],
 )
 def test_validate_names_the_field(overrides, batch, count, field):
@@ -457,7 +480,12 @@ def test_imagenet_loads_and_crops(catalogue_dir):
   got = list(ds.train.iterate(0, 2))
   assert got[0]['image'].shape == (4, 224, 224, 3)
   _assert_batches_equal(got[1], ds.train.batch(1))
-  np.testing.assert_array_equal(got[0]['label'], 3 * ds.train.global_indices(0))
+  # tfds shuffled the stored order; labels must follow their images.
+  source = tfds.data_source(
+    'imagenet2012', split='train', data_dir=catalogue_dir, download=False
+  )
+  stored = [int(source[int(i)]['label']) for i in ds.train.global_indices(0)]
+  np.testing.assert_array_equal(got[0]['label'], stored)
   evals = list(ds.test)
   assert [b['image'].shape for b in evals] == [(2, 224, 224, 3)] * 3
   assert sum(b['mask'].sum() for b in evals) == 5
@@ -495,7 +523,7 @@ def test_tfrecord_only_dataset_names_the_conversion(tfrecord_dir):
   ) in message
 
 
-def test_converted_dataset_is_accepted(tfrecord_dir, tmp_path):
+def test_converted_dataset_is_accepted(catalogue_dir, tfrecord_dir, tmp_path):
   """After `tfds convert_format` in place, ArrayRecord is an alternative."""
   root = tmp_path / 'cifar10'
   shutil.copytree(os.path.join(tfrecord_dir, 'cifar10'), root)
@@ -512,4 +540,8 @@ def test_converted_dataset_is_accepted(tfrecord_dir, tmp_path):
     catalogue.open_split(name_version, str(tmp_path), 'test')
   )
   images, labels = source.read(np.array([0, 2]))
-  assert images[0].shape == (32, 32, 3) and list(labels) == [0, 2]
+  original = tfds.data_source(
+    'cifar10', split='test', data_dir=catalogue_dir, download=False
+  )
+  np.testing.assert_array_equal(images[1], original[2]['image'])
+  assert list(labels) == [original[0]['label'], original[2]['label']]

@@ -57,6 +57,14 @@ def _quadratic_problem(dtype):
   return loss_fn, params, batches, mat, x, centres, offsets
 
 
+def _search(loss_fn, params, batches, etas, **kwargs):
+  """Runs line_search_fn under jit (the grid is a compile-time constant)."""
+  fn = lambda p, b0, bs: probes.line_search_fn(
+    loss_fn, p, b0, bs, etas, **kwargs
+  )
+  return jax.jit(fn)(params, batches[0], batches[1:])
+
+
 def _closed_form(mat, x, centres, offsets):
   """Exact (c0, c1, c2) of L_j(x - eta g) with g the gradient of batch 0."""
   g = mat @ (x - centres[0])
@@ -80,9 +88,7 @@ def test_fit_recovers_exact_quadratic_float64(grid):
     else:
       etas = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 20) * eta_star])
 
-    info = probes.line_search_fn(
-      loss_fn, params, batches[0], batches[1:], etas, strategy='sequential'
-    )
+    info = _search(loss_fn, params, batches, etas, strategy='sequential')
     fits = probes.fit_quadratic(info.etas, info.losses)
 
     np.testing.assert_allclose(fits.coeffs, coeffs, rtol=1e-5, atol=1e-9)
@@ -112,7 +118,7 @@ def test_fit_exact_quadratic_float32_close():
   coeffs, g = _closed_form(mat, x, centres, offsets)
   eta_star = (g @ g) / (g @ mat @ g)
   etas = np.linspace(0.0, 2.0 * eta_star, 11)
-  info = probes.line_search_fn(loss_fn, params, batches[0], batches[1:], etas)
+  info = _search(loss_fn, params, batches, etas)
   fits = probes.fit_quadratic(info.etas, info.losses)
   np.testing.assert_allclose(fits.argmin[0], eta_star, rtol=1e-3)
   np.testing.assert_allclose(info.curvature, g @ mat @ g, rtol=1e-5)
@@ -122,12 +128,10 @@ def test_direction_argument_scales_the_step():
   with jax.enable_x64(True):
     loss_fn, params, batches, *_ = _quadratic_problem(jnp.float64)
     etas = np.linspace(0.0, 0.5, 6)
-    plain = probes.line_search_fn(loss_fn, params, batches[0], [], 2 * etas)
+    plain = _search(loss_fn, params, batches[:1], 2 * etas)
     grad = jax.grad(loss_fn)(params, batches[0])
     doubled = jax.tree.map(lambda g: 2 * g, grad)
-    info = probes.line_search_fn(
-      loss_fn, params, batches[0], [], etas, direction=doubled
-    )
+    info = _search(loss_fn, params, batches[:1], etas, direction=doubled)
     np.testing.assert_allclose(info.losses, plain.losses, rtol=1e-12)
     assert not bool(info.plain_gradient)
     np.testing.assert_allclose(info.direction_norm, 2 * plain.grad_norm)
@@ -141,10 +145,9 @@ def test_direction_argument_scales_the_step():
 class _TinyBNConv(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
-    for features in (4, 6):
-      x = nn.Conv(features, (3, 3))(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-      x = nn.relu(x)
+    x = nn.Conv(4, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(3)(x)
 
@@ -162,75 +165,94 @@ def bn_setup():
   model = _TinyBNConv()
   key = jax.random.key(0)
   batches = [_images(jax.random.fold_in(key, i), 16) for i in range(3)]
-  variables = model.init(key, batches[0]['image'], train=False)
+  # Jitted: eager init and apply dispatch op by op and are slow on CPU.
+  variables = jax.jit(model.init)(key, batches[0]['image'])
   # Non-trivial running statistics: one training-mode pass.
-  _, updates = model.apply(
-    variables, batches[2]['image'], train=True, mutable=['batch_stats']
-  )
+  _, updates = jax.jit(
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+  )(variables, batches[2]['image'])
   return model, variables['params'], updates['batch_stats'], batches
 
 
-@pytest.mark.parametrize('bn_mode', ['batch', 'running'])
-def test_strategies_agree_on_bn_model(bn_setup, bn_mode):
-  model, params, stats, batches = bn_setup
-  etas = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
-  results = {}
-  for strategy, chunk in [
-    ('vmap', None),
-    ('chunked', 3),
-    ('chunked', 16),
-    ('sequential', None),
-  ]:
-    results[strategy, chunk] = probes.line_search(
-      model,
-      params,
-      stats,
-      batches[0],
-      batches[1:],
-      etas,
-      bn_mode=bn_mode,
-      strategy=strategy,
-      chunk_size=chunk,
-    )
-  reference = results['sequential', None]
-  for info in results.values():
-    np.testing.assert_allclose(
-      info.losses, reference.losses, rtol=2e-5, atol=1e-6
-    )
-    assert int(info.bn_mode) == probes.BN_MODES.index(bn_mode)
+_BN_ETAS = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 
-  # Against a plain loop of forward passes.
-  loss_fn = probes.make_loss_fn(model, stats, bn_mode=bn_mode)
-  grad = jax.grad(loss_fn)(params, batches[0])
-  for k, eta in enumerate(etas):
+
+@pytest.fixture(scope='module')
+def bn_info(bn_setup):
+  model, params, stats, batches = bn_setup
+  return probes.line_search(
+    model,
+    params,
+    stats,
+    batches[0],
+    batches[1:],
+    _BN_ETAS,
+    bn_mode='batch',
+    strategy='sequential',
+  )
+
+
+def test_line_search_on_bn_model_matches_forward_passes(bn_setup, bn_info):
+  model, params, stats, batches = bn_setup
+  loss_fn = jax.jit(probes.make_loss_fn(model, stats, bn_mode='batch'))
+  grad = jax.jit(jax.grad(loss_fn))(params, batches[0])
+  for k, eta in enumerate(_BN_ETAS):
     moved = jax.tree.map(lambda p, g, eta=eta: p - eta * g, params, grad)
     for j, batch in enumerate(batches):
       np.testing.assert_allclose(
-        reference.losses[j, k], loss_fn(moved, batch), rtol=2e-5, atol=1e-6
+        bn_info.losses[j, k], loss_fn(moved, batch), rtol=2e-5, atol=1e-6
       )
+  assert bn_info.losses.shape == (3, len(_BN_ETAS))
+  assert int(bn_info.bn_mode) == probes.BN_MODES.index('batch')
+  assert bool(bn_info.plain_gradient)
   np.testing.assert_allclose(
-    reference.loss_at_zero, reference.losses[:, 0], rtol=1e-6
+    bn_info.loss_at_zero, bn_info.losses[:, 0], rtol=1e-6
   )
-  np.testing.assert_allclose(
-    reference.slope, -(reference.grad_norm**2), rtol=1e-5
-  )
-  assert reference.losses.shape == (3, len(etas))
+  np.testing.assert_allclose(bn_info.slope, -(bn_info.grad_norm**2), rtol=1e-5)
+  assert float(bn_info.curvature) > 0
 
 
-def test_line_search_jits_once_per_shape(bn_setup):
+def test_strategies_agree_on_bn_model(bn_setup, bn_info):
   model, params, stats, batches = bn_setup
-  kwargs = dict(strategy='chunked', chunk_size=2, bn_mode='batch')
-  probes.line_search(
-    model, params, stats, batches[0], batches[1:], [0.0, 0.1, 0.2], **kwargs
+  loss_fn = probes.make_loss_fn(model, stats, bn_mode='batch')
+  direction = jax.jit(jax.grad(loss_fn))(params, batches[0])
+  etas = jnp.asarray(_BN_ETAS)
+  results = {}
+  for strategy, chunk in [('vmap', 1), ('chunked', 3), ('sequential', 1)]:
+    fn = jax.jit(
+      lambda p, d, bs, e, strategy=strategy, chunk=chunk: probes.losses_along(
+        loss_fn, p, d, bs, e, strategy=strategy, chunk_size=chunk
+      )
+    )
+    results[strategy] = fn(params, direction, batches, etas)
+  for losses in results.values():
+    np.testing.assert_allclose(
+      losses, results['sequential'], rtol=2e-5, atol=1e-6
+    )
+  # The same losses as the model-level line search (vmap vs sequential).
+  np.testing.assert_allclose(
+    results['vmap'], bn_info.losses, rtol=2e-5, atol=1e-6
   )
+
+
+def test_line_search_jits_once_per_shape(bn_setup, bn_info):
+  model, params, stats, batches = bn_setup
   size = sweep._line_search_jit._cache_size()
-  probes.line_search(
-    model, params, stats, batches[0], batches[1:], [0.0, 0.5, 0.7], **kwargs
+  other = probes.line_search(
+    model,
+    params,
+    stats,
+    batches[0],
+    batches[1:],
+    [0.0, 0.02, 0.05, 0.2, 0.5, 2.0, 5.0],
+    bn_mode='batch',
+    strategy='sequential',
   )
   assert sweep._line_search_jit._cache_size() == size
+  np.testing.assert_allclose(other.slope, bn_info.slope, rtol=1e-6)
 
 
-def test_running_mode_masked_padding_and_train_objective(bn_setup):
+def test_masked_padding_and_train_objective(bn_setup):
   model, params, stats, batches = bn_setup
   batch = batches[1]
   padded = {
@@ -238,39 +260,40 @@ def test_running_mode_masked_padding_and_train_objective(bn_setup):
     'label': jnp.concatenate([batch['label'], batch['label'][:4]]),
     'mask': jnp.concatenate([jnp.ones(16), jnp.zeros(4)]),
   }
-  info = probes.line_search(
-    model,
-    params,
-    stats,
-    batches[0],
-    [batch, padded],
-    [0.0, 0.1],
-    bn_mode='running',
+  losses = probes.batch_losses(
+    model, params, stats, [batch, padded], bn_mode='running'
   )
-  np.testing.assert_allclose(info.losses[1], info.losses[2], rtol=1e-6)
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
 
   wd, ls = 1e-3, 0.1
-  info = probes.line_search(
-    model,
-    params,
-    stats,
-    batches[0],
-    [],
-    [0.0, 0.1],
-    objective='train',
-    label_smoothing=ls,
-    weight_decay=wd,
+  loss_fn = probes.make_loss_fn(
+    model, stats, objective='train', label_smoothing=ls, weight_decay=wd
   )
-  logits, _ = model.apply(
-    {'params': params, 'batch_stats': stats},
-    batches[0]['image'],
-    train=True,
-    mutable=['batch_stats'],
-  )
+  logits, _ = jax.jit(
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+  )({'params': params, 'batch_stats': stats}, batches[0]['image'])
   targets = (1 - ls) * jax.nn.one_hot(batches[0]['label'], 3) + ls / 3
   ce = -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1))
   l2 = sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
-  np.testing.assert_allclose(info.loss_at_zero[0], ce + 0.5 * wd * l2, 1e-5)
+  np.testing.assert_allclose(
+    jax.jit(loss_fn)(params, batches[0]), ce + 0.5 * wd * l2, rtol=1e-5
+  )
+
+
+def test_interpolation_losses_end_points(bn_setup, bn_info):
+  model, params, stats, batches = bn_setup
+  other = jax.tree.map(lambda p: 0.9 * p + 0.01, params)
+  path = probes.interpolation_losses(
+    model, params, other, stats, batches, [0.0, 0.5, 1.0]
+  )
+  ends = [
+    probes.batch_losses(model, p, stats, batches) for p in (params, other)
+  ]
+  np.testing.assert_allclose(path[:, 0], ends[0], rtol=1e-5)
+  np.testing.assert_allclose(path[:, 0], bn_info.loss_at_zero, rtol=1e-5)
+  np.testing.assert_allclose(path[:, 2], ends[1], rtol=1e-5)
+  with pytest.raises(ValueError, match='alphas'):
+    probes.interpolation_losses(model, params, other, stats, batches, [])
 
 
 # Quadratic fits: windows, flags, shapes.
@@ -324,16 +347,14 @@ def test_fit_is_vectorised_and_jittable():
   assert fits.coeffs.shape == (2, 3, 3)
   assert fits.r2.shape == (2, 3)
   assert fits.window_mask.shape == (2, 3, 9)
-  one = probes.fit_quadratic(etas, curves[1, 2], window='argmin2')
-  np.testing.assert_allclose(fits.coeffs[1, 2], one.coeffs, rtol=1e-5)
-  np.testing.assert_array_equal(fits.window_mask[1, 2], one.window_mask)
 
-  jitted = jax.jit(lambda e, y: probes.fit_quadratic(e, y).argmin)
-  np.testing.assert_allclose(
-    jitted(jnp.asarray(etas), jnp.asarray(curves)),
-    probes.fit_quadratic(etas, curves).argmin,
-    rtol=1e-6,
+  # One curve, inside the caller's jit: the same numbers.
+  one = jax.jit(lambda e, y: probes.fit_quadratic(e, y, window='argmin2'))(
+    jnp.asarray(etas), jnp.asarray(curves[1, 2])
   )
+  np.testing.assert_allclose(fits.coeffs[1, 2], one.coeffs, rtol=1e-5)
+  np.testing.assert_allclose(fits.r2[1, 2], one.r2, rtol=1e-5)
+  np.testing.assert_array_equal(fits.window_mask[1, 2], one.window_mask)
 
 
 # Gradient statistics.
@@ -412,12 +433,13 @@ def test_gradient_statistics_on_bn_model(bn_setup):
   assert out.grad_norms.shape == (2,)
   assert int(out.bn_mode) == probes.BN_MODES.index('running')
   loss_fn = probes.make_loss_fn(model, stats, bn_mode='running')
-  g0 = jax.grad(loss_fn)(params, batches[0])
+  grad_fn = jax.jit(jax.grad(loss_fn))
+  g0 = grad_fn(params, batches[0])
   np.testing.assert_allclose(
     out.direction_cos, probes.cosine(g0, out.mean_grad), rtol=1e-4
   )
   # Two batches: the noise trace is |g_1 - g_2|^2 / 2.
-  g1, g2 = (jax.grad(loss_fn)(params, b) for b in batches[1:])
+  g1, g2 = (grad_fn(params, b) for b in batches[1:])
   diff = jax.tree.map(lambda a, b: a - b, g1, g2)
   np.testing.assert_allclose(
     out.noise_trace, 0.5 * probes.tree_vdot(diff, diff), rtol=1e-4
@@ -446,13 +468,11 @@ def test_top_eigenvalue_against_eigvalsh(method, num_iters):
   with jax.enable_x64(True):
     mat = _spd(8, 5, evals=[5.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 1.5])
     loss_fn, params = _quadratic_hessian(mat)
-    info = probes.top_hessian_eigenvalue(
-      loss_fn,
-      params,
-      method=method,
-      num_iters=num_iters,
-      key=jax.random.key(0),
-    )
+    info = jax.jit(
+      lambda p, k: probes.top_hessian_eigenvalue(
+        loss_fn, p, method=method, num_iters=num_iters, key=k
+      )
+    )(params, jax.random.key(0))
     top = np.linalg.eigvalsh(mat)[-1]
     np.testing.assert_allclose(info.eigenvalue, top, rtol=1e-6)
     assert float(info.residual) < 1e-4
@@ -466,9 +486,11 @@ def test_per_layer_eigenvalues_are_block_eigenvalues():
   with jax.enable_x64(True):
     mat = _spd(8, 7)
     loss_fn, params = _quadratic_hessian(mat)
-    out = probes.per_layer_top_eigenvalues(
-      loss_fn, params, method='lanczos', num_iters=6, key=jax.random.key(1)
-    )
+    out = jax.jit(
+      lambda p, k: probes.per_layer_top_eigenvalues(
+        loss_fn, p, method='lanczos', num_iters=6, key=k
+      )
+    )(params, jax.random.key(1))
     assert list(out) == ['x', 'y']
     np.testing.assert_allclose(
       out['x'].eigenvalue, np.linalg.eigvalsh(mat[:3, :3])[-1], rtol=1e-6
@@ -476,6 +498,27 @@ def test_per_layer_eigenvalues_are_block_eigenvalues():
     np.testing.assert_allclose(
       out['y'].eigenvalue, np.linalg.eigvalsh(mat[3:, 3:])[-1], rtol=1e-6
     )
+
+
+def test_batch_curvature_on_bn_model(bn_setup):
+  model, params, stats, batches = bn_setup
+  out = probes.batch_curvature(
+    model,
+    params,
+    stats,
+    batches[0],
+    key=jax.random.key(2),
+    method='power',
+    num_iters=5,
+    group_by=None,
+  )
+  assert out.per_layer == {}
+  assert int(out.bn_mode) == probes.BN_MODES.index('batch')
+  assert out.overall.history.shape == (5,)
+  assert np.isfinite(float(out.overall.eigenvalue))
+  assert jax.tree.structure(out.overall.eigenvector) == jax.tree.structure(
+    params
+  )
 
 
 def test_parameter_groups():
@@ -498,7 +541,7 @@ def test_parameter_groups():
 def test_plots_write_png_files(tmp_path):
   loss_fn, params, batches, *_ = _quadratic_problem(jnp.float32)
   etas = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 12)])
-  info = probes.line_search_fn(loss_fn, params, batches[0], batches[1:], etas)
+  info = _search(loss_fn, params, batches, etas)
   fits = probes.fit_quadratic(etas, info.losses, window='argmin2')
   path = tmp_path / 'sub' / 'line_search.png'
   probes.plot_line_search(path, etas, info, fits, 0.05, ['B', "B'1", "B'2"])

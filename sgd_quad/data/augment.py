@@ -66,7 +66,9 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return out[..., None] if squeeze else out
 
 
-def shift(image: np.ndarray, rng: np.random.Generator, max_shift: int):
+def shift(
+  image: np.ndarray, rng: np.random.Generator, max_shift: int
+) -> np.ndarray:
   """Translates an image by a random integer offset, filling with zeros.
 
   Args:

@@ -111,6 +111,9 @@ def _prefetch(
   fn: Callable[[int], Batch], start: int, stop: int, workers: int, buffer: int
 ) -> Iterator[Batch]:
   """Yields fn(start), ..., fn(stop - 1) in order, computed ahead by threads."""
+  # TODO(sgd_quad): threads share the GIL (PIL decoding and resizing release
+  # it, tfds's example parsing does not); ImageNet at accelerator speed will
+  # need grain's process-based prefetch, which needs a picklable `fn`.
   if workers <= 0:
     return (fn(i) for i in range(start, stop))
   dataset = grain.MapDataset.range(start, stop).map(fn)
@@ -201,6 +204,10 @@ class TrainStream:
     self._lock = threading.Lock()
     self._permutations: dict[int, np.ndarray] = {}
 
+  def __len__(self) -> int:
+    """Returns n, the number of training examples."""
+    return self.num_examples
+
   def epoch_permutation(self, epoch: int) -> np.ndarray:
     """Returns the order of the training examples in `epoch`.
 
@@ -224,7 +231,14 @@ class TrainStream:
     return perm
 
   def epoch(self, step: int) -> int:
-    """Returns the epoch of `step`: step // steps_per_epoch."""
+    """Returns the epoch of a step.
+
+    Args:
+      step: non-negative global step.
+
+    Returns:
+      step // steps_per_epoch.
+    """
     return step // self.steps_per_epoch
 
   def global_indices(self, step: int) -> np.ndarray:
@@ -243,7 +257,15 @@ class TrainStream:
     return perm[offset : offset + self.global_batch_size]
 
   def local_indices(self, step: int) -> np.ndarray:
-    """Returns this process's rows of `global_indices(step)`."""
+    """Returns the examples this process reads at a step.
+
+    Args:
+      step: non-negative global step.
+
+    Returns:
+      int64 [B / P]: rows [p * B / P, (p + 1) * B / P) of
+      `global_indices(step)`.
+    """
     return _shard_rows(
       self.global_indices(step), self._process_index, self._process_count
     )
@@ -267,11 +289,13 @@ class TrainStream:
       {'image': float32 [len / P, H, W, C] normalised, 'label': int32
       [len / P]}.
     """
-    rows = _shard_rows(
-      np.asarray(indices, dtype=np.int64),
-      self._process_index,
-      self._process_count,
-    )
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size and not 0 <= indices.min() <= indices.max() < len(self):
+      raise IndexError(
+        f'example indices must lie in [0, {len(self)}), got '
+        f'[{indices.min()}, {indices.max()}]'
+      )
+    rows = _shard_rows(indices, self._process_index, self._process_count)
     images, labels = self._source.read(rows)
     if augment and self._augment is not None:
       images = [
@@ -300,7 +324,14 @@ class TrainStream:
     return self.batch_from_indices(self.global_indices(step), self.epoch(step))
 
   def replay(self, step: int) -> Batch:
-    """Rebuilds the batch of an earlier (or later) step; same as `batch`."""
+    """Rebuilds the batch of an earlier (or later) step, for probes.
+
+    Args:
+      step: non-negative global step.
+
+    Returns:
+      Exactly `batch(step)`.
+    """
     return self.batch(step)
 
   def iterate(self, start_step: int, num_steps: int) -> Iterator[Batch]:
@@ -397,6 +428,7 @@ class EvalStream:
     self.num_batches = -(-self.num_examples // global_size)
 
   def __len__(self) -> int:
+    """Returns num_batches."""
     return self.num_batches
 
   def batch_indices(self, k: int) -> np.ndarray:
@@ -436,7 +468,7 @@ class EvalStream:
     if valid.any():
       images, labels = self._source.read(rows[valid])
       if self._eval_transform is not augment_lib.identity:
-        images = [self._eval_transform(image) for image in images]
+        images = [self._eval_transform(x) for x in images]
       image[valid] = self._normalize(np.stack(images))
       label[valid] = labels
     return {'image': image, 'label': label, 'mask': valid.astype(np.float32)}

@@ -10,6 +10,7 @@ from shapes alone, so even ResNet-50 is counted without initialising it.
 import dataclasses
 import functools
 import math
+import numbers
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,9 +44,10 @@ MODELS: Mapping[str, Callable[..., nn.Module]] = types.MappingProxyType(
     'resnet_tiny': functools.partial(
       ResNet, stage_sizes=(1, 1), stage_widths=(8, 16), stem_width=8
     ),
-    # For the 8x8x1 digits: 8x8 -> 4x4 -> 2x2 with one block per stage.
+    # For the 8x8x1 digits: 16 channels at 8x8, then 32 at 4x4. A third
+    # stage (64 at 2x2) doubles the step time without helping accuracy.
     'resnet_digits': functools.partial(
-      ResNet, stage_sizes=(1, 1, 1), stage_widths=(16, 32, 64), stem_width=16
+      ResNet, stage_sizes=(1, 1), stage_widths=(16, 32), stem_width=16
     ),
     # He et al. 2016, sec. 4.2: 6n + 2 layers with n = 3, option A shortcuts.
     'resnet20': functools.partial(
@@ -101,18 +103,18 @@ def create_model(
     raise ConfigError(
       'model.name', f'unknown model {name!r}; allowed: {", ".join(MODELS)}'
     )
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+  if (
+    isinstance(num_classes, bool)
+    or not isinstance(num_classes, numbers.Integral)
+    or num_classes < 1
+  ):
     raise ConfigError(
       'model.num_classes', f'must be a positive int, got {num_classes!r}'
-    )
-  if num_classes < 1:
-    raise ConfigError(
-      'model.num_classes', f'must be a positive int, got {num_classes}'
     )
   dtype = _canonical_dtype(dtype)
   for key, value in overrides.items():
     _check_override(key, value)
-  return MODELS[name](num_classes=num_classes, dtype=dtype, **overrides)
+  return MODELS[name](num_classes=int(num_classes), dtype=dtype, **overrides)
 
 
 def param_count(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -134,8 +136,8 @@ def param_count(model: nn.Module, input_shape: Sequence[int]) -> int:
   return sum(math.prod(leaf.shape) for leaf in leaves)
 
 
-def _canonical_dtype(dtype: Any) -> Any:
-  """Returns the jnp dtype for `dtype`, or raises ConfigError."""
+def _canonical_dtype(dtype: Any) -> jnp.dtype:
+  """Returns the dtype `dtype` names, or raises ConfigError."""
   try:
     canonical = jnp.dtype(dtype)
   except TypeError:
@@ -144,7 +146,7 @@ def _canonical_dtype(dtype: Any) -> Any:
     raise ConfigError(
       'model.dtype', f'unknown dtype {dtype!r}; allowed: {", ".join(_DTYPES)}'
     )
-  return canonical.type
+  return canonical
 
 
 def _check_override(key: str, value: Any) -> None:

@@ -12,6 +12,7 @@ parameters are float32 whatever the compute dtype. Calls take NHWC images and
 return float32 logits.
 """
 
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,7 +121,9 @@ class BottleneckBlock(nn.Module):
     return nn.relu(y + residual)
 
 
-BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
+BLOCKS = types.MappingProxyType(
+  {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
+)
 
 
 def _last_norm(norm: ModuleDef, zero_init: bool, name: str) -> nn.Module:

@@ -10,7 +10,9 @@ Every probe returns a NamedTuple of arrays and never changes the model.
 """
 
 from sgd_quad.probes.curvature import (
+  CurvatureInfo,
   EigenInfo,
+  batch_curvature,
   hvp,
   parameter_groups,
   per_layer_top_eigenvalues,
@@ -25,16 +27,6 @@ from sgd_quad.probes.gradients import (
   tree_norm,
   tree_vdot,
 )
-from sgd_quad.probes.sweep import (
-  DEFAULT_STRATEGIES,
-  STRATEGIES,
-  LineSearchInfo,
-  line_search,
-  line_search_fn,
-  losses_along,
-  resolve_strategy,
-  validate_etas,
-)
 from sgd_quad.probes.losses import (
   BN_MODES,
   OBJECTIVES,
@@ -43,16 +35,29 @@ from sgd_quad.probes.losses import (
   make_loss_fn,
 )
 from sgd_quad.probes.plots import plot_line_search, plot_trajectory_losses
+from sgd_quad.probes.sweep import (
+  DEFAULT_STRATEGIES,
+  STRATEGIES,
+  LineSearchInfo,
+  interpolation_losses,
+  line_search,
+  line_search_fn,
+  losses_along,
+  resolve_strategy,
+  validate_etas,
+)
 
 __all__ = [
   'BN_MODES',
   'DEFAULT_STRATEGIES',
   'OBJECTIVES',
   'STRATEGIES',
+  'CurvatureInfo',
   'EigenInfo',
   'GradientStats',
   'LineSearchInfo',
   'QuadraticFit',
+  'batch_curvature',
   'batch_losses',
   'cosine',
   'cross_entropy',
@@ -60,6 +65,7 @@ __all__ = [
   'gradient_statistics',
   'gradient_statistics_fn',
   'hvp',
+  'interpolation_losses',
   'line_search',
   'line_search_fn',
   'losses_along',

@@ -157,9 +157,16 @@ def _lanczos(matvec, v0, num_iters):
   ritz, vecs = jnp.linalg.eigh(tri)
   v = _safe_normalize(basis.T @ vecs[:, -1])
   lam, rel = _relative_residual(matvec, v)
-  hist = jnp.stack(
-    [jnp.linalg.eigvalsh(tri[: j + 1, : j + 1])[-1] for j in range(num_iters)]
+  # Top Ritz value of each leading block T[:j+1, :j+1], all in one batched
+  # eigvalsh: the trailing part is replaced by alpha_0 on the diagonal, which
+  # lies inside the spectrum of the leading block and never tops it.
+  idx = jnp.arange(num_iters)
+  keep = (idx[None, :, None] <= idx[:, None, None]) & (
+    idx[None, None, :] <= idx[:, None, None]
   )
+  pad = jnp.where(idx[None, :] > idx[:, None], alphas[0], 0.0)
+  blocks = jnp.where(keep, tri[None], 0.0) + jax.vmap(jnp.diag)(pad)
+  hist = jnp.linalg.eigvalsh(blocks)[:, -1]
   return lam, v, rel, hist
 
 
@@ -295,3 +302,124 @@ def per_layer_top_eigenvalues(
       key=jax.random.fold_in(key, i),
     )
   return out
+
+
+class CurvatureInfo(NamedTuple):
+  """Top Hessian eigenvalues of one batch's loss, overall and per group.
+
+  Attributes:
+    overall: EigenInfo of the full Hessian.
+    per_layer: dict from group name to EigenInfo of its diagonal block (empty
+      when no grouping was asked for).
+    bn_mode: int32 [], index into losses.BN_MODES.
+  """
+
+  overall: EigenInfo
+  per_layer: dict[str, EigenInfo]
+  bn_mode: jax.Array
+
+
+def batch_curvature(
+  model: Any,
+  params: PyTree,
+  batch_stats: PyTree,
+  batch: losses_lib.Batch,
+  *,
+  key: jax.Array,
+  bn_mode: str = 'batch',
+  method: str = 'lanczos',
+  num_iters: int = 20,
+  group_by: str | None = 'top',
+  objective: str = 'data',
+  label_smoothing: float = 0.0,
+  weight_decay: float = 0.0,
+) -> CurvatureInfo:
+  """Top Hessian eigenvalue of a Linen classifier's loss on one batch.
+
+  Overall and, unless `group_by` is None, per parameter group (see
+  `per_layer_top_eigenvalues`). Jitted once per model, shapes and options.
+
+  Args:
+    model: Linen module.
+    params: model parameters.
+    batch_stats: BatchNorm statistics.
+    batch: dict with 'image', 'label' (and optionally 'mask').
+    key: PRNG key for the start vectors.
+    bn_mode: 'batch' or 'running'.
+    method: 'power' or 'lanczos'.
+    num_iters: Hessian-vector products per eigenvalue.
+    group_by: 'top', 'module', 'leaf' or None (overall only).
+    objective: 'data' or 'train'.
+    label_smoothing: for the 'train' objective.
+    weight_decay: for the 'train' objective.
+
+  Returns:
+    CurvatureInfo.
+  """
+  code = losses_lib.bn_mode_code(bn_mode)
+  losses_lib.check_choice('method', method, METHODS)
+  losses_lib.check_choice('objective', objective, losses_lib.OBJECTIVES)
+  if group_by is not None:
+    losses_lib.check_choice('group_by', group_by, GROUPINGS)
+  if not isinstance(num_iters, int) or num_iters < 1:
+    raise ValueError(f'num_iters: must be an integer >= 1, got {num_iters!r}')
+  overall, per_layer = _batch_curvature_jit(
+    model,
+    params,
+    batch_stats,
+    batch,
+    key,
+    jnp.asarray(label_smoothing),
+    jnp.asarray(weight_decay),
+    bn_mode,
+    method,
+    num_iters,
+    group_by,
+    objective,
+  )
+  return CurvatureInfo(overall, per_layer, jnp.asarray(code, jnp.int32))
+
+
+def _batch_curvature(
+  model,
+  params,
+  batch_stats,
+  batch,
+  key,
+  label_smoothing,
+  weight_decay,
+  bn_mode,
+  method,
+  num_iters,
+  group_by,
+  objective,
+):
+  loss_fn = losses_lib.make_loss_fn(
+    model,
+    batch_stats,
+    bn_mode=bn_mode,
+    objective=objective,
+    label_smoothing=label_smoothing,
+    weight_decay=weight_decay,
+  )
+  batch_loss = lambda p: loss_fn(p, batch)
+  key_all, key_layers = jax.random.split(key)
+  overall = top_hessian_eigenvalue(
+    batch_loss, params, method=method, num_iters=num_iters, key=key_all
+  )
+  per_layer = {}
+  if group_by is not None:
+    per_layer = per_layer_top_eigenvalues(
+      batch_loss,
+      params,
+      group_by=group_by,
+      method=method,
+      num_iters=num_iters,
+      key=key_layers,
+    )
+  return overall, per_layer
+
+
+_batch_curvature_jit = jax.jit(
+  _batch_curvature, static_argnums=(0, 7, 8, 9, 10, 11)
+)

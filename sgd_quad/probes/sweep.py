@@ -404,3 +404,84 @@ def _line_search(
 
 
 _line_search_jit = jax.jit(_line_search, static_argnums=(0, 9, 10, 11, 12))
+
+
+def interpolation_losses(
+  model: nn.Module,
+  params_a: PyTree,
+  params_b: PyTree,
+  batch_stats: PyTree,
+  batches: Sequence[losses_lib.Batch],
+  alphas: Any,
+  *,
+  bn_mode: str = 'batch',
+  strategy: str = 'auto',
+  chunk_size: int | None = None,
+) -> jax.Array:
+  """Data loss of each batch along the straight line between two checkpoints.
+
+  losses[j, k] = L_j((1 - alpha_k) theta_a + alpha_k theta_b)
+               = L_j(theta_a - alpha_k (theta_a - theta_b)),
+  the same sweep as the line search with direction theta_a - theta_b.
+
+  Args:
+    model: Linen module.
+    params_a: theta_a (alpha = 0).
+    params_b: theta_b (alpha = 1).
+    batch_stats: BatchNorm statistics for 'running' mode (for example those of
+      checkpoint a; no statistics match the points in between).
+    batches: the fixed probe batches.
+    alphas: 1-D finite grid (values outside [0, 1] extrapolate).
+    bn_mode: 'batch' or 'running'.
+    strategy: 'auto', 'vmap', 'chunked' or 'sequential'.
+    chunk_size: step sizes per chunk for 'chunked'.
+
+  Returns:
+    float [len(batches), len(alphas)].
+  """
+  try:
+    grid = np.asarray(alphas, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'alphas: not an array of numbers ({e})') from None
+  if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+    raise ValueError(f'alphas: must be a non-empty 1-D finite grid: {alphas}')
+  losses_lib.check_choice('bn_mode', bn_mode, losses_lib.BN_MODES)
+  strategy, chunk_size = resolve_strategy(strategy, chunk_size)
+  return _interpolation_jit(
+    model,
+    params_a,
+    params_b,
+    batch_stats,
+    tuple(batches),
+    jnp.asarray(grid),
+    bn_mode,
+    strategy,
+    chunk_size,
+  )
+
+
+def _interpolation(
+  model,
+  params_a,
+  params_b,
+  batch_stats,
+  batches,
+  alphas,
+  bn_mode,
+  strategy,
+  chunk_size,
+):
+  loss_fn = losses_lib.make_loss_fn(model, batch_stats, bn_mode=bn_mode)
+  direction = jax.tree.map(lambda a, b: a - b, params_a, params_b)
+  return losses_along(
+    loss_fn,
+    params_a,
+    direction,
+    batches,
+    alphas,
+    strategy=strategy,
+    chunk_size=chunk_size,
+  )
+
+
+_interpolation_jit = jax.jit(_interpolation, static_argnums=(0, 6, 7, 8))

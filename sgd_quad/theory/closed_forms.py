@@ -457,11 +457,15 @@ def swa_equivalent_lr(
 ) -> jax.Array:
   """1/t-decay learning rate equivalent to SWA started at t0, per direction.
 
-  lam_n = lam / (1 + lam h n), n = t - t0, i.e. alpha_n = 1 / (n + 1/alpha):
-  plain SGD then computes the mean of x_{t0} (weight 1/alpha) and the n
-  batch minima since, so its variance is (V / alpha^2 + n s^2)
-  / (1/alpha + n)^2: V at n = 0 and s^2 / n for n >> 1/alpha, as the SWA
-  mean. The scalar schedule for a whole spectrum is `match_schedule`.
+  lam_n = lam / (1 + lam h n) for the update after n = t - t0 steps, i.e.
+  alpha_n = 1 / (N + n) with N = 1 / alpha. Then the step reads
+  (N + n) x_{n+1} = (N + n - 1) x_n + xi_n, which telescopes: x_n is the
+  mean of x_{t0} (weight N - 1 = a / alpha) and the n batch minima since, so
+
+      Var_n = ((a / alpha)^2 Var_inf + n s^2) / (a / alpha + n)^2,
+
+  Var_inf at n = 0 and s^2 / n for n >> 1 / alpha, as the SWA mean. The
+  scalar schedule for a whole spectrum is `match_schedule`.
 
   Args:
     lr: lam > 0.

@@ -43,16 +43,16 @@ def _check_base(
 
 
 def _matrix(f: nq.Transition) -> tuple[jax.Array, jax.Array]:
-  """(A, b) of u' = A u + b xi for u = (x, m): shapes (D, 2, 2), (D, 2)."""
+  """(A, b) of u' = A u + b xi for u = (x, m): shapes (..., 2, 2), (..., 2)."""
   a = jnp.stack([jnp.stack([f.xx, f.xm], -1), jnp.stack([f.mx, f.mm], -1)], -2)
   return a, jnp.stack([f.x_noise, f.m_noise], -1)
 
 
 def _propagate(p: jax.Array, a: jax.Array, b: jax.Array, s2: jax.Array):
-  """P' = A P A^T + s^2 b b^T, batched over directions."""
-  return jnp.einsum('dij,djk,dlk->dil', a, p, a) + s2[:, None, None] * (
-    b[:, :, None] * b[:, None, :]
-  )
+  """P' = A P A^T + s^2 b b^T, batched over leading axes."""
+  return jnp.einsum('...ij,...jk,...lk->...il', a, p, a) + s2[
+    ..., None, None
+  ] * (b[..., :, None] * b[..., None, :])
 
 
 def _stationary_matrix(spectrum, lr, momentum, form) -> jax.Array:
@@ -267,41 +267,73 @@ class MatchedSchedule(NamedTuple):
   clipped: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=('form',))
-def _solve(h, s2, base_lr, momentum, targets, form):
-  """Per-step roots of the quadratic loss(lam_t) = target_{t+1}."""
+def _loss(h: jax.Array, p: jax.Array) -> jax.Array:
+  return 0.5 * jnp.sum(h * p[..., 0, 0], axis=-1)
+
+
+def _nearest_root(a, b, c):
+  """Root nearest 0 of a u^2 + b u + c, or the vertex if there is none.
+
+  Returns (u, reached); reached is False where the parabola never reaches
+  zero, and u is then its vertex (or a unit step downhill if a <= 0).
+  """
+  disc = b**2 - 4.0 * a * c
+  reached = disc >= 0
+  # The smaller root c / q, q = -(b + sign(b) sqrt(disc)) / 2, stays
+  # accurate when a is tiny.
+  sign = jnp.where(b >= 0, 1.0, -1.0)
+  q = -0.5 * (b + sign * jnp.sqrt(jnp.maximum(disc, 0.0)))
+  root = jnp.where(q != 0, c / jnp.where(q != 0, q, 1.0), 0.0)
+  vertex = jnp.where(a > 0, -b / jnp.where(a > 0, 2.0 * a, 1.0), -sign)
+  return jnp.where(reached, root, vertex), reached
+
+
+@functools.partial(jax.jit, static_argnames=('form', 'horizon', 'rounds'))
+def _solve(h, s2, base_lr, momentum, targets, form, horizon, rounds=3):
+  """Per-step LRs matching targets[t + n], n = min(horizon, T - t) ahead.
+
+  At each step, g(l) = the loss n steps ahead at a constant LR l is expanded
+  to second order (exact derivatives by forward-mode autodiff) and its root
+  nearest the current l is taken, in `rounds` Newton-like rounds starting at
+  the previous LR. For horizon = 1, g is exactly quadratic in l.
+  """
+  num_steps = targets.shape[0] - 1
   p = _stationary_matrix(Spectrum(h, s2), base_lr, momentum, form)
-  # The x row of A is affine in the LR: A_x(l) = e0 - l e1, b_x(l) = l h.
-  row0, _ = _matrix(nq.transition(0.0, h, momentum, form))
-  row1, _ = _matrix(nq.transition(1.0, h, momentum, form))
-  e0, e1 = row0[:, 0], row0[:, 0] - row1[:, 0]
 
-  def step(carry, target):
-    p, previous = carry
-    p_e0 = jnp.einsum('dij,dj->di', p, e0)
-    q0 = 0.5 * jnp.sum(h * jnp.sum(e0 * p_e0, -1))
-    q1 = 0.5 * jnp.sum(h * jnp.sum(e1 * p_e0, -1))
-    q2 = 0.5 * jnp.sum(h * (jnp.einsum('di,dij,dj->d', e1, p, e1) + h**2 * s2))
-    # loss(l) = q0 - 2 l q1 + l^2 q2; pick the root on the side of the
-    # vertex where the previous LR lies, so the schedule stays continuous.
-    vertex = q1 / q2
-    disc = q1**2 - q2 * (q0 - target)
-    root = jnp.sqrt(jnp.maximum(disc, 0.0))
-    high = (q1 + root) / q2
-    denom = q1 + root
-    low = jnp.where(
-      denom > 0, (q0 - target) / jnp.where(denom > 0, denom, 1.0), vertex
-    )
-    lr = jnp.where(disc >= 0, jnp.where(previous >= vertex, high, low), vertex)
-    clipped = (disc < 0) | (lr < 0)
-    lr = jnp.maximum(lr, 0.0)
+  def advance(p, lr):
     a, b = _matrix(nq.transition(lr, h, momentum, form))
-    p = _propagate(p, a, b, s2)
-    return (p, lr), (lr, clipped, 0.5 * jnp.sum(h * p[:, 0, 0]))
+    return _propagate(p, a, b, s2)
 
-  _, (lrs, clipped, loss) = lax.scan(step, (p, base_lr), targets)
-  start = 0.5 * jnp.sum(h * p[:, 0, 0])
-  return lrs, clipped, jnp.concatenate([start[None], loss])
+  def loss_ahead(p, lr, n):
+    def body(i, pk):
+      return jnp.where(i < n, advance(pk, lr), pk)
+
+    return _loss(h, lax.fori_loop(0, horizon, body, p))
+
+  def step(carry, t):
+    p, lr = carry
+    n = jnp.minimum(horizon, num_steps - t)
+    target = targets[t + n]
+
+    def value_and_slope(lr):
+      return jax.jvp(lambda x: loss_ahead(p, x, n), (lr,), (jnp.ones_like(lr),))
+
+    reached = jnp.array(True)
+    for _ in range(rounds):
+      (g, slope), (_, curve) = jax.jvp(
+        value_and_slope, (lr,), (jnp.ones_like(lr),)
+      )
+      u, reached = _nearest_root(0.5 * curve, slope, g - target)
+      # A move of more than 4x means the expansion is not trusted.
+      lr = jnp.clip(lr + u, 0.25 * lr, 4.0 * lr + 1e-3 * base_lr)
+    clipped = ~reached | (lr <= 0)
+    lr = jnp.maximum(lr, 0.0)
+    p = advance(p, lr)
+    return (p, lr), (lr, clipped, _loss(h, p))
+
+  steps = jnp.arange(num_steps)
+  _, (lrs, clipped, loss) = lax.scan(step, (p, base_lr), steps)
+  return lrs, clipped, jnp.concatenate([_loss(h, p)[None], loss])
 
 
 def match_schedule(
@@ -312,20 +344,34 @@ def match_schedule(
   *,
   momentum: float = 0.0,
   momentum_form: str = 'heavy_ball',
+  horizon: int | None = None,
 ) -> MatchedSchedule:
   """The scalar LR schedule whose excess loss matches an averaged iterate's.
 
   Target: L_A(t) = `averaged_excess_loss` (constant lam, averaging from the
   branch). Schedule: from the same stationary state, lam_t is chosen so that
   the exact unaveraged recursion (no momentum:
-  v_{t+1} = (1 - lam_t h_i)^2 v_t + lam_t^2 h_i^2 s_i^2) gives
-  sum_i 0.5 h_i v_i(t + 1) = L_A(t + 1). That loss is a quadratic
-  q0 - 2 lam q1 + lam^2 q2 in lam_t (also with momentum), so each step is a
-  closed-form root: the one on the same side of the vertex q1 / q2 as
-  lam_{t-1} (lam_{-1} = lam), which keeps the schedule continuous with lam.
-  Where the target lies below the vertex value the vertex is used, and where
-  the root is negative 0 is used; both are flagged in `clipped`. One scalar
-  cannot match every direction, only the sum.
+  v_{t+1} = (1 - lam_t h_i)^2 v_t + lam_t^2 h_i^2 s_i^2; with momentum the
+  2x2 covariance recursion of (x, m)) gives
+
+      sum_i 0.5 h_i v_i(t + n) = L_A(t + n),   n = min(horizon, T - t),
+
+  with lam held over those n steps; lam_t is applied for one step and the
+  next step solves again. For n = 1 the left side is exactly quadratic in
+  lam_t; in general each step takes three Newton-like rounds on its
+  second-order expansion (exact derivatives). The root nearest the previous
+  LR (lam_{-1} = lam) is kept, so the schedule is continuous with lam.
+
+  Why a horizon with momentum: one step of the LR moves x by only lam h,
+  while its effect builds up over ~1 / (1 - mu) steps, so matching one step
+  ahead forces large LR swings and misses the target; matching
+  3 / (1 - mu) steps ahead gives a smooth schedule that tracks it.
+
+  Where the target is out of reach (the loss cannot fall that fast) the
+  LR minimising the loss is used, and where the root is negative 0 is used;
+  both are flagged in `clipped`. One scalar cannot match every direction,
+  only the sum: an SWA average over n >> 1 / alpha steps on a spectrum
+  several decades wide has no scalar equivalent, and is reported clipped.
 
   Args:
     rule: the averaging rule of branch A.
@@ -335,6 +381,8 @@ def match_schedule(
     momentum: mu in [0, 1).
     momentum_form: 'heavy_ball' or 'trace' (optax.sgd; see
       `noisy_quadratic.transition`).
+    horizon: n >= 1 steps ahead to match; default 1 without momentum,
+      ceil(3 / (1 - mu)) with it.
 
   Returns:
     A `MatchedSchedule`.
@@ -347,13 +395,17 @@ def match_schedule(
     momentum=momentum,
     momentum_form=momentum_form,
   )
+  if horizon is None:
+    horizon = 1 if momentum == 0 else int(np.ceil(3.0 / (1.0 - momentum)))
+  horizon = _checks.integer('horizon', horizon, 1)
   lrs, clipped, matched = _solve(
     spectrum.h,
     spectrum.s2,
     jnp.asarray(lr, dtype=float),
     jnp.asarray(momentum, dtype=float),
-    target[1:],
+    target,
     momentum_form,
+    horizon,
   )
   return MatchedSchedule(lrs, target, matched, clipped)
 

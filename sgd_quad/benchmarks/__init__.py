@@ -1,0 +1,1 @@
+"""Benchmarks of sgd_quad components (run as modules, never as tests)."""
