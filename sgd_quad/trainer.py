@@ -126,18 +126,25 @@ def _branch_source(config) -> tuple[epath.Path, int] | None:
   return source, step
 
 
-def build(config: ml_collections.ConfigDict, *, first_step: int = 0) -> Setup:
+def build(
+  config: ml_collections.ConfigDict,
+  *,
+  first_step: int = 0,
+  mesh: jax.sharding.Mesh | None = None,
+) -> Setup:
   """Builds data, model, optimizer, averagers and the jitted steps.
 
   Args:
     config: a validated run config.
     first_step: the global step the averagers start at (0, or the branch
       point of a branched run).
+    mesh: a 1-D mesh with axis 'data'; by default all devices.
 
   Returns:
     The run's `Setup`.
   """
-  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  if mesh is None:
+    mesh = jax.make_mesh((jax.device_count(),), ('data',))
   datasets = data.create_datasets(
     config.data,
     global_batch_size=config.batch_size,
@@ -563,6 +570,7 @@ def _train_loop(setup, state, mngr, writer, lock, preemption, start_time):
         config, writer, window, first, step, time.time() - window_time
       )
       window, window_time = [], time.time()
+      writer.flush()
       if lock is not None:
         lock.heartbeat()
     if at_eval:

@@ -209,7 +209,17 @@ def test_line_search_on_bn_model_matches_forward_passes(bn_setup, bn_info):
     bn_info.loss_at_zero, bn_info.losses[:, 0], rtol=1e-6
   )
   np.testing.assert_allclose(bn_info.slope, -(bn_info.grad_norm**2), rtol=1e-5)
-  assert float(bn_info.curvature) > 0
+
+  # The HVP curvature and slope against central differences along g.
+  h = 0.02
+  f = [
+    loss_fn(jax.tree.map(lambda p, g, e=e: p - e * g, params, grad), batches[0])
+    for e in (-h, 0.0, h)
+  ]
+  np.testing.assert_allclose(
+    (f[0] - 2 * f[1] + f[2]) / h**2, bn_info.curvature, rtol=0.05
+  )
+  np.testing.assert_allclose((f[2] - f[0]) / (2 * h), bn_info.slope, rtol=1e-3)
 
 
 def test_strategies_agree_on_bn_model(bn_setup, bn_info):

@@ -288,44 +288,71 @@ def _nearest_root(a, b, c):
   return jnp.where(reached, root, vertex), reached
 
 
-@functools.partial(jax.jit, static_argnames=('form', 'horizon', 'rounds'))
-def _solve(h, s2, base_lr, momentum, targets, form, horizon, rounds=3):
+@functools.partial(jax.jit, static_argnames=('form', 'horizon'))
+def _solve(h, s2, base_lr, momentum, targets, form, horizon):
   """Per-step LRs matching targets[t + n], n = min(horizon, T - t) ahead.
 
-  At each step, g(l) = the loss n steps ahead at a constant LR l is expanded
-  to second order (exact derivatives by forward-mode autodiff) and its root
-  nearest the current l is taken, in `rounds` Newton-like rounds starting at
-  the previous LR. For horizon = 1, g is exactly quadratic in l.
+  At each step g(l), the loss n steps ahead at a constant LR l, is expanded
+  to second order around the current l and the root nearest l is taken,
+  starting from the previous LR. For horizon = 1, g is exactly quadratic:
+  with the x row of the step A_x(l) = e0 - l e1 and noise gain l h,
+  g(l) = sum_i 0.5 h_i [e0 P e0 - 2 l e1 P e0 + l^2 (e1 P e1 + h_i^2 s_i^2)],
+  solved in one round. Otherwise the derivatives come from forward-mode
+  autodiff and three Newton-like rounds are taken.
   """
   num_steps = targets.shape[0] - 1
   p = _stationary_matrix(Spectrum(h, s2), base_lr, momentum, form)
+  row0, _ = _matrix(nq.transition(0.0, h, momentum, form))
+  row1, _ = _matrix(nq.transition(1.0, h, momentum, form))
+  e0, e1 = row0[:, 0], row0[:, 0] - row1[:, 0]
 
   def advance(p, lr):
     a, b = _matrix(nq.transition(lr, h, momentum, form))
     return _propagate(p, a, b, s2)
 
-  def loss_ahead(p, lr, n):
-    def body(i, pk):
-      return jnp.where(i < n, advance(pk, lr), pk)
+  def one_step_expansion(p, lr, n):
+    del n
+    p_e0 = jnp.einsum('dij,dj->di', p, e0)
+    q0 = _loss(h, jnp.sum(e0 * p_e0, -1)[:, None, None])
+    q1 = _loss(h, jnp.sum(e1 * p_e0, -1)[:, None, None])
+    e1_p_e1 = jnp.einsum('di,dij,dj->d', e1, p, e1)
+    q2 = _loss(h, (e1_p_e1 + h**2 * s2)[:, None, None])
+    return q0 - 2.0 * lr * q1 + lr**2 * q2, 2.0 * (lr * q2 - q1), q2
 
-    return _loss(h, lax.fori_loop(0, horizon, body, p))
+  def expansion(p, lr, n):
+    def loss_ahead(lr):
+      def body(i, pk):
+        return jnp.where(i < n, advance(pk, lr), pk)
+
+      return _loss(h, lax.fori_loop(0, horizon, body, p))
+
+    def value_and_slope(lr):
+      return jax.jvp(loss_ahead, (lr,), (jnp.ones_like(lr),))
+
+    (g, slope), (_, curve) = jax.jvp(
+      value_and_slope, (lr,), (jnp.ones_like(lr),)
+    )
+    return g, slope, 0.5 * curve
+
+  if horizon == 1:
+    expand, rounds = one_step_expansion, 1
+  else:
+    expand, rounds = expansion, 3
 
   def step(carry, t):
     p, lr = carry
     n = jnp.minimum(horizon, num_steps - t)
     target = targets[t + n]
 
-    def value_and_slope(lr):
-      return jax.jvp(lambda x: loss_ahead(p, x, n), (lr,), (jnp.ones_like(lr),))
-
-    reached = jnp.array(True)
-    for _ in range(rounds):
-      (g, slope), (_, curve) = jax.jvp(
-        value_and_slope, (lr,), (jnp.ones_like(lr),)
-      )
-      u, reached = _nearest_root(0.5 * curve, slope, g - target)
-      # A move of more than 4x means the expansion is not trusted.
+    def newton(_, state):
+      lr, _ = state
+      g, slope, half_curve = expand(p, lr, n)
+      u, reached = _nearest_root(half_curve, slope, g - target)
+      # A move beyond a factor 4 means the expansion is not to be trusted.
       lr = jnp.clip(lr + u, 0.25 * lr, 4.0 * lr + 1e-3 * base_lr)
+      return lr, reached
+
+    lr, reached = lax.fori_loop(0, rounds, newton, (lr, jnp.array(True)))
     clipped = ~reached | (lr <= 0)
     lr = jnp.maximum(lr, 0.0)
     p = advance(p, lr)
