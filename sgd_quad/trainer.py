@@ -318,7 +318,7 @@ def model_variables(
       params = variables[name]['params']
       stats = recompute_stats(setup, params, step)
       variables[name] = {'params': params, 'batch_stats': stats}
-  return variables, [name for name in variables if valid[name]]
+  return variables, [n for n in (RAW, *setup.averagers) if valid[n]]
 
 
 def recompute_stats(setup: Setup, params: PyTree, step: int) -> PyTree:
@@ -496,6 +496,13 @@ def train_and_evaluate(
   _check_resume_config(config, workdir)
   branch = _branch_source(config)
   setup = build(config, first_step=branch[1] if branch else 0)
+  template = _state_template(setup)
+  needed = averaging.check_memory(
+    setup.averagers,
+    {'params': template.params, 'batch_stats': template.batch_stats},
+    config.averaging.memory_budget_mb,
+  )
+  logging.info('Averaged models hold %.1f MiB.', needed / 2**20)
 
   lock = _hold_workdir(workdir)
   is_main = jax.process_index() == 0
@@ -509,7 +516,7 @@ def train_and_evaluate(
     resume_step = _resume_step(mngr)
     if resume_step is not None:
       logging.info('Resuming from checkpoint at step %d.', resume_step)
-      state, _ = checkpoint.restore(mngr, resume_step, _state_template(setup))
+      state, _ = checkpoint.restore(mngr, resume_step, template)
       writer.truncate_after(resume_step)
     elif branch is not None:
       logging.info('Branching from %s at step %d.', *branch)

@@ -82,8 +82,12 @@ def test_unknown_field_is_refused(tmp_path, digits_dir):
 
 def test_sigterm_saves_and_the_next_launch_resumes(tmp_path, digits_dir):
   workdir = tmp_path / 'run'
-  flags = ('--config.num_steps=400', '--config.log_every=1',
-           '--config.checkpoint.every=1000', '--config.eval_every=400')
+  flags = (
+    '--config.num_steps=400',
+    '--config.log_every=1',
+    '--config.checkpoint.every=1000',
+    '--config.eval_every=400',
+  )
   proc = _launch(workdir, digits_dir, *flags)
   deadline = time.time() + 300
   while time.time() < deadline:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from sgd_quad import checkpoint, metrics, trainer
+from sgd_quad import checkpoint, inference, metrics, trainer
 from sgd_quad.errors import ConfigError
 from sgd_quad.workdir_lock import WorkdirBusyError, WorkdirLock
 
@@ -62,12 +62,13 @@ def test_resume_is_bitwise_identical(run_copy, trained_run):
 
   trainer.train_and_evaluate(config, workdir)
   original = trained_run[0]
-  for a, b in zip(
-    jax.tree.leaves(_params(original, 40)),
-    jax.tree.leaves(_params(workdir, 40)),
-    strict=True,
-  ):
-    np.testing.assert_array_equal(a, b)
+  for path in [('params',), ('batch_stats',), ('opt_state',), ('averages',)]:
+    resumed = checkpoint.load_subtree(workdir, path, step=40)
+    expected = checkpoint.load_subtree(original, path, step=40)
+    for a, b in zip(
+      jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True
+    ):
+      np.testing.assert_array_equal(a, b)
   assert _without_timing(metrics.read_metrics(workdir)) == _without_timing(
     metrics.read_metrics(original)
   )
@@ -205,8 +206,9 @@ def test_init_does_not_alias_averages(digits_dir):
     ('optimizer.momentum', 1.5, r'\[0, 1\)'),
   ],
 )
-def test_bad_config_names_the_field(tmp_path, digits_dir, field, value,
-                                    message):
+def test_bad_config_names_the_field(
+  tmp_path, digits_dir, field, value, message
+):
   config = tiny_config(digits_dir, **{field: value})
   workdir = tmp_path / 'never'
   with pytest.raises(ConfigError, match=message) as info:
@@ -215,6 +217,26 @@ def test_bad_config_names_the_field(tmp_path, digits_dir, field, value,
     field.split('.')[-1]
   )
   assert not workdir.exists()
+
+
+def test_averaging_memory_over_budget_is_refused(tmp_path, digits_dir):
+  config = tiny_config(digits_dir, **{'averaging.memory_budget_mb': 0.01})
+  with pytest.raises(ConfigError, match='memory_budget_mb.*MiB'):
+    trainer.train_and_evaluate(config, os.fspath(tmp_path / 'never'))
+  assert not (tmp_path / 'never').exists()
+
+
+def test_load_model_for_inference(trained_run, digits_dir):
+  workdir, config, results = trained_run
+  setup = trainer.build(config)
+  for name in ('raw', 'ema_0.99', 'swa', 'two_point_k10'):
+    variables = inference.load_model(workdir, name)
+    scores = trainer.evaluate(setup, {name: variables}, setup.datasets.test)
+    assert scores[name]['loss'] == pytest.approx(
+      results[name]['test_loss'], rel=1e-5
+    )
+  with pytest.raises(KeyError, match='allowed: raw, ema_0.99'):
+    inference.load_model(workdir, 'ema_0.5')
 
 
 def test_shutil_copy_of_checkpoints_is_resumable(run_copy):
