@@ -60,9 +60,16 @@ def _stationary_matrix(spectrum, lr, momentum, form) -> jax.Array:
   return jnp.stack([jnp.stack([xx, xm], -1), jnp.stack([xm, mm], -1)], -2)
 
 
-@functools.partial(jax.jit, static_argnames=('form',))
-def _running_average_variance(h, s2, lr, momentum, weights, form):
-  """Var(z_t), t = 0..T, for z_t = (1 - r_t) z_{t-1} + r_t x_t, z_0 = x_0."""
+@functools.partial(jax.jit, static_argnames=('form', 'reduce'))
+def _running_average_variance(h, s2, lr, momentum, weights, form, reduce):
+  """Var(z_t), t = 0..T, for z_t = (1 - r_t) z_{t-1} + r_t x_t, z_0 = x_0.
+
+  With `reduce`, the excess loss sum_i 0.5 h_i Var_i(z_t) instead.
+  """
+
+  def out(var):
+    return 0.5 * jnp.sum(h * var, -1) if reduce else var
+
   spectrum = Spectrum(h, s2)
   p = _stationary_matrix(spectrum, lr, momentum, form)
   a, b = _matrix(nq.transition(lr, h, momentum, form))
@@ -80,10 +87,10 @@ def _running_average_variance(h, s2, lr, momentum, weights, form):
     m = jnp.concatenate([top, bottom], -2)
     noise = jnp.concatenate([b, r * b[:, :1]], -1)
     p3 = _propagate(p3, m, noise, s2)
-    return p3, p3[:, 2, 2]
+    return p3, out(p3[:, 2, 2])
 
   _, var = lax.scan(step, p3, weights)
-  return jnp.concatenate([p[None, :, 0, 0], var])
+  return jnp.concatenate([out(p[:, 0, 0])[None], var])
 
 
 @functools.partial(jax.jit, static_argnames=('max_lag', 'form'))
@@ -98,6 +105,39 @@ def _autocovariance(h, s2, lr, momentum, max_lag, form):
 
   _, cov = lax.scan(step, row, None, length=max_lag + 1)
   return cov
+
+
+def _averaged(rule, spectrum, lr, num_steps, momentum, momentum_form, reduce):
+  """Variances (T + 1, D) of `averaged_variance`, or with `reduce` the loss."""
+  num_steps = _check_base(spectrum, lr, num_steps, momentum, momentum_form)
+  rule = rules_lib.check_rule(rule)
+  h, s2 = spectrum.h, spectrum.s2
+  mu = jnp.asarray(momentum, dtype=float)
+  lr_arr = jnp.asarray(lr, dtype=float)
+  steps = np.arange(num_steps + 1)
+  offset = steps - rule.start_step
+
+  if isinstance(rule, (rules_lib.EmaRule, rules_lib.SwaRule)):
+    weights = rules_lib.running_weight(rule, steps[1:])
+    return _running_average_variance(
+      h, s2, lr_arr, mu, weights, momentum_form, reduce
+    )
+
+  if isinstance(rule, rules_lib.TwoPointRule):
+    lags = np.clip(offset, 0, rule.gap)
+    cov = _autocovariance(h, s2, lr_arr, mu, int(lags.max()), momentum_form)
+    table = 0.5 * (cov[0] + cov)
+    return (0.5 * table @ h if reduce else table)[lags]
+
+  m, c = rule.num_snapshots, rule.period
+  counts = np.where(offset < 0, 1, np.minimum(offset // c + 1, m))
+  n_max = int(counts.max())
+  cov = _autocovariance(h, s2, lr_arr, mu, c * (n_max - 1), momentum_form)
+  lagged = cov[::c]  # C(c d), d = 0..n_max-1.
+  n = np.arange(1, n_max + 1)
+  pairs = np.clip(n[:, None] - np.arange(1, n_max)[None, :], 0, None)
+  table = (n[:, None] * lagged[0] + 2.0 * pairs @ lagged[1:]) / n[:, None] ** 2
+  return (0.5 * table @ h if reduce else table)[counts - 1]
 
 
 def averaged_variance(
@@ -135,32 +175,9 @@ def averaged_variance(
   Returns:
     (T + 1, D) variances at branch steps 0..T.
   """
-  num_steps = _check_base(spectrum, lr, num_steps, momentum, momentum_form)
-  rule = rules_lib.check_rule(rule)
-  h, s2 = spectrum.h, spectrum.s2
-  mu = jnp.asarray(momentum, dtype=float)
-  lr_arr = jnp.asarray(lr, dtype=float)
-  steps = np.arange(num_steps + 1)
-  offset = steps - rule.start_step
-
-  if isinstance(rule, (rules_lib.EmaRule, rules_lib.SwaRule)):
-    weights = rules_lib.running_weight(rule, steps[1:])
-    return _running_average_variance(h, s2, lr_arr, mu, weights, momentum_form)
-
-  if isinstance(rule, rules_lib.TwoPointRule):
-    lags = np.clip(offset, 0, rule.gap)
-    cov = _autocovariance(h, s2, lr_arr, mu, int(lags.max()), momentum_form)
-    return 0.5 * (cov[0] + cov[lags])
-
-  m, c = rule.num_snapshots, rule.period
-  counts = np.where(offset < 0, 1, np.minimum(offset // c + 1, m))
-  n_max = int(counts.max())
-  cov = _autocovariance(h, s2, lr_arr, mu, c * (n_max - 1), momentum_form)
-  lagged = cov[::c]  # C(c d), d = 0..n_max-1.
-  n = np.arange(1, n_max + 1)
-  pairs = np.clip(n[:, None] - np.arange(1, n_max)[None, :], 0, None)
-  table = (n[:, None] * lagged[0] + 2.0 * pairs @ lagged[1:]) / n[:, None] ** 2
-  return table[counts - 1]
+  return _averaged(
+    rule, spectrum, lr, num_steps, momentum, momentum_form, reduce=False
+  )
 
 
 def averaged_excess_loss(
@@ -187,15 +204,9 @@ def averaged_excess_loss(
   Returns:
     (T + 1,) losses at branch steps 0..T.
   """
-  var = averaged_variance(
-    rule,
-    spectrum,
-    lr,
-    num_steps,
-    momentum=momentum,
-    momentum_form=momentum_form,
+  return _averaged(
+    rule, spectrum, lr, num_steps, momentum, momentum_form, reduce=True
   )
-  return 0.5 * var @ spectrum.h
 
 
 @functools.partial(jax.jit, static_argnames=('form',))
@@ -261,10 +272,10 @@ class MatchedSchedule(NamedTuple):
       0).
   """
 
-  learning_rates: jax.Array
-  target_loss: jax.Array
-  matched_loss: jax.Array
-  clipped: jax.Array
+  learning_rates: np.ndarray
+  target_loss: np.ndarray
+  matched_loss: np.ndarray
+  clipped: np.ndarray
 
 
 def _loss(h: jax.Array, p: jax.Array) -> jax.Array:
@@ -434,7 +445,7 @@ def match_schedule(
     momentum_form,
     horizon,
   )
-  return MatchedSchedule(lrs, target, matched, clipped)
+  return MatchedSchedule(*map(np.asarray, (lrs, target, matched, clipped)))
 
 
 def write_schedule(
