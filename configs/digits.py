@@ -12,7 +12,7 @@ Other configs import this one and change a few fields.
 
 import ml_collections
 
-from sgd_quad import averaging, data
+from sgd_quad import averaging, data, probing
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.averaging.swa = True
   config.averaging.swa_start = 500
   config.averaging.two_point_gaps = (250,)
+
+  config.probes = probing.default_config()  # off: no probe steps
 
   # Branching: start from another run's checkpoint (empty: a fresh start).
   config.init_from = ''

@@ -828,7 +828,8 @@ def _start_field(cfg, name: str, num_steps: int) -> None:
   if start > num_steps:
     raise ConfigError(
       f'averaging.{name}',
-      f'start step {start} is past the end of training ({num_steps} steps)',
+      f'start step {start} is past the end of training; allowed: 0 to '
+      f'num_steps ({num_steps})',
     )
 
 
@@ -859,14 +860,15 @@ def _check_gap(
   if span > num_steps:
     raise ConfigError(
       field,
-      f'the averaged iterates span {span} steps, more than the whole run '
-      f'({num_steps} steps)',
+      f'the averaged iterates span {span} steps, more than the whole run; '
+      f'allowed: a span of at most num_steps ({num_steps})',
     )
   if not any(e >= span for e in eval_steps):
     raise ConfigError(
       field,
       f'every evaluation step is before step {span}, so this average would '
-      'never be evaluated',
+      f'never be evaluated; allowed: a span of at most {max(eval_steps)} (the '
+      'last evaluation step)',
     )
 
 

@@ -26,10 +26,26 @@ from etils import epath
 PyTree = Any
 
 
-def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
-  """The checkpoint manager of a workdir, keeping the last `keep` steps."""
+def manager(
+  workdir: str, *, keep: int, owner: bool = False
+) -> ocp.CheckpointManager:
+  """The checkpoint manager of a workdir, keeping the last `keep` steps.
+
+  Args:
+    workdir: the run's directory.
+    keep: checkpoints kept; older ones are deleted after each save.
+    owner: True only for the run that holds the workdir's lock. The owner
+      deletes the temporary directories that a killed save left behind; any
+      other reader might delete a save in progress.
+
+  Returns:
+    An orbax manager of `<workdir>/checkpoints`.
+  """
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, enable_async_checkpointing=False
+    max_to_keep=keep,
+    create=True,
+    enable_async_checkpointing=False,
+    cleanup_tmp_directories=owner,
   )
   return ocp.CheckpointManager(
     epath.Path(workdir) / 'checkpoints',
@@ -38,16 +54,41 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
   )
 
 
+# Status codes that tensorstore puts before the message of a failed read or
+# write (orbax passes them on as ValueError).
+_STORAGE_ERRORS = (
+  'OUT_OF_RANGE',
+  'RESOURCE_EXHAUSTED',
+  'PERMISSION_DENIED',
+  'FAILED_PRECONDITION',
+  'UNAVAILABLE',
+  'DATA_LOSS',
+  'ABORTED',
+)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict):
-  """Saves `state` and `meta` at `step` and waits until it is committed."""
-  mngr.save(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-    ),
-    force=True,
-  )
-  mngr.wait_until_finished()
+  """Saves `state` and `meta` at `step` and waits until it is committed.
+
+  Raises:
+    OSError: when storage fails (full disk, file-size limit); the partial
+      save has no checksum file, so it never counts as committed.
+  """
+  try:
+    mngr.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+      ),
+      force=True,
+    )
+    mngr.wait_until_finished()
+  except ValueError as e:
+    if not str(e).startswith(_STORAGE_ERRORS):
+      raise
+    # Tensorstore nests the OS's reason last: '...: File too large [...]'.
+    reason = str(e).splitlines()[0].rsplit(': ', 1)[-1]
+    raise OSError(f'saving checkpoint {step}: {reason}') from e
   if jax.process_index() == 0:
     _write_checksums(mngr.directory, step)
     _remove_stale_checksums(mngr)
@@ -102,6 +143,13 @@ def verify(directory: epath.Path, step: int) -> str | None:
     if actual[rel] != digest:
       return f'file {rel} does not match its checksum'
   return None
+
+
+def latest_committed_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The newest checkpoint with a checksum file, without verifying it."""
+  steps = mngr.all_steps()
+  committed = [s for s in steps if _checksum_file(mngr.directory, s).exists()]
+  return max(committed, default=None)
 
 
 def latest_good_step(mngr: ocp.CheckpointManager) -> int | None:

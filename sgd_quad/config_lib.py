@@ -34,6 +34,123 @@ RESUMABLE_FIELDS = (
 
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 
+# The fields a run config holds, per block ('' is the top level). The data,
+# averaging and probes blocks list theirs in their modules' `default_config`.
+# Any other field is refused: a misspelt name would be silently ignored.
+_FIELDS = {
+  '': (
+    'init_seed',
+    'data_seed',
+    'data',
+    'model',
+    'optimizer',
+    'schedule',
+    'batch_size',
+    'eval_batch_size',
+    'num_steps',
+    'log_every',
+    'eval_every',
+    'checkpoint',
+    'averaging',
+    'probes',
+    'init_from',
+    'init_from_step',
+    'init_from_opt_state',
+  ),
+  'model': ('name', 'dtype', 'bn_momentum', 'ghost_batch_size'),
+  'optimizer': (
+    'learning_rate',
+    'momentum',
+    'nesterov',
+    'weight_decay',
+    'decoupled_weight_decay',
+    'label_smoothing',
+  ),
+  'schedule': (
+    'name',
+    'warmup_steps',
+    'boundaries',
+    'decay_factor',
+    'decay_start',
+    'decay_steps',
+    'file',
+  ),
+  'checkpoint': ('every', 'keep'),
+}
+
+
+# Top-level blocks a config may leave out: an experiment's settings
+# (`sgd_quad.experiments`), which the trainer ignores.
+_OPTIONAL_BLOCKS = ('experiment',)
+
+
+def known_fields() -> dict[str, tuple[str, ...]]:
+  """Block name ('' for the top level) -> the names of its fields."""
+  from sgd_quad import averaging, data, experiments, probing
+
+  blocks = {
+    'data': data,
+    'averaging': averaging,
+    'probes': probing,
+    'experiment': experiments,
+  }
+  return {
+    **_FIELDS,
+    '': _FIELDS[''] + _OPTIONAL_BLOCKS,
+    **{name: tuple(m.default_config().keys()) for name, m in blocks.items()},
+  }
+
+
+def check_field_name(path: str):
+  """Raises `ConfigError` unless `path` (e.g. 'optimizer.momentum') is a field.
+
+  Args:
+    path: a dotted field name, as in `--config.<path>=...`.
+
+  Raises:
+    ConfigError: naming the first unknown part and the allowed names there.
+  """
+  known = known_fields()
+  block = ''
+  for part in path.split('.'):
+    name = f'{block}.{part}' if block else part
+    if block not in known:
+      raise ConfigError(name, f'unknown field; {block} has no sub-fields')
+    if part not in known[block]:
+      where = f' in {block}' if block else ''
+      raise ConfigError(
+        name, f'unknown field; allowed{where}: {", ".join(known[block])}'
+      )
+    block = name
+
+
+def check_fields(config: ml_collections.ConfigDict):
+  """Refuses unknown fields (a typo in a config file) and missing ones.
+
+  Args:
+    config: the full run config.
+
+  Raises:
+    ConfigError: naming the first unknown or missing field.
+  """
+  known = known_fields()
+  pending = [('', config)]
+  while pending:
+    block, node = pending.pop()
+    for key, value in node.items():
+      name = f'{block}.{key}' if block else key
+      check_field_name(name)
+      if isinstance(value, ml_collections.ConfigDict):
+        pending.append((name, value))
+    for key in known.get(block, ()):
+      if key not in node and not (block == '' and key in _OPTIONAL_BLOCKS):
+        name = f'{block}.{key}' if block else key
+        raise ConfigError(
+          name,
+          'missing field; start from a config in configs/, which sets every '
+          'field',
+        )
+
 
 def _positive(cfg, field: str, *, integer: bool = False):
   value = _get(cfg, field)
@@ -54,6 +171,38 @@ def _non_negative(cfg, field: str):
     raise ConfigError(field, f'got {value!r}; allowed: a number >= 0')
 
 
+def _integer(cfg, field: str, low: int, high: int | None = None):
+  """Requires an integer in [low, high) (no upper bound when high is None)."""
+  value = _get(cfg, field)
+  allowed = f'an integer >= {low}'
+  if high is not None:
+    allowed = f'an integer in [{low}, {high})'
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, int)
+    or value < low
+    or (high is not None and value >= high)
+  ):
+    raise ConfigError(field, f'got {value!r}; allowed: {allowed}')
+
+
+def _unit_interval(cfg, field: str):
+  """Requires a number in [0, 1), as for a decay or a momentum."""
+  value = _get(cfg, field)
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, float))
+    or not 0.0 <= value < 1.0
+  ):
+    raise ConfigError(field, f'got {value!r}; allowed: a number in [0, 1)')
+
+
+def _of_type(cfg, field: str, kind: type, allowed: str):
+  value = _get(cfg, field)
+  if not isinstance(value, kind):
+    raise ConfigError(field, f'got {value!r}; allowed: {allowed}')
+
+
 def _one_of(cfg, field: str, allowed: Sequence[str]):
   value = _get(cfg, field)
   if value not in allowed:
@@ -64,6 +213,8 @@ def _one_of(cfg, field: str, allowed: Sequence[str]):
 
 def _get(cfg, field: str):
   for part in field.split('.'):
+    if part not in cfg:
+      raise ConfigError(field, 'missing field')
     cfg = cfg[part]
   return cfg
 
@@ -82,16 +233,16 @@ def validate(
     ConfigError: naming the first bad field and the allowed values.
   """
   # Imported here: these modules import this one for their own checks.
-  from sgd_quad import averaging, data, models, optim, trainer
+  from sgd_quad import averaging, data, models, optim, probing, trainer
 
+  check_fields(config)
   for field in ('num_steps', 'batch_size', 'eval_batch_size', 'log_every'):
     _positive(config, field, integer=True)
-  for field in ('eval_every', 'checkpoint.every', 'checkpoint.keep'):
+  for field in ('eval_every', 'checkpoint.every'):
     _positive(config, field, integer=True)
-  if config.checkpoint.keep < 2:
-    raise ConfigError(
-      'checkpoint.keep', f'got {config.checkpoint.keep}; allowed: >= 2'
-    )
+  _integer(config, 'checkpoint.keep', 2)
+  _integer(config, 'init_seed', 0)
+  _integer(config, 'data_seed', 0)
   if config.batch_size % device_count:
     raise ConfigError(
       'batch_size',
@@ -101,7 +252,7 @@ def validate(
 
   _one_of(config, 'model.name', tuple(models.MODELS))
   _one_of(config, 'model.dtype', COMPUTE_DTYPES)
-  _non_negative(config, 'model.ghost_batch_size')
+  _integer(config, 'model.ghost_batch_size', 0)
   ghost = config.model.ghost_batch_size
   if ghost and (config.batch_size // device_count) % ghost:
     raise ConfigError(
@@ -110,18 +261,18 @@ def validate(
       f'{config.batch_size // device_count}; allowed: 0 (global batch '
       'statistics) or a divisor of the per-device batch',
     )
-  if not 0.0 <= config.model.bn_momentum < 1.0:
-    raise ConfigError('model.bn_momentum', 'allowed: a value in [0, 1)')
+  _unit_interval(config, 'model.bn_momentum')
 
   _positive(config, 'optimizer.learning_rate')
-  for field in ('momentum', 'weight_decay', 'label_smoothing'):
-    _non_negative(config, f'optimizer.{field}')
-  if config.optimizer.momentum >= 1.0:
-    raise ConfigError('optimizer.momentum', 'allowed: a value in [0, 1)')
-  if config.optimizer.label_smoothing >= 1.0:
-    raise ConfigError('optimizer.label_smoothing', 'allowed: a value in [0, 1)')
+  _non_negative(config, 'optimizer.weight_decay')
+  _unit_interval(config, 'optimizer.momentum')
+  _unit_interval(config, 'optimizer.label_smoothing')
+  for field in ('nesterov', 'decoupled_weight_decay'):
+    _of_type(config, f'optimizer.{field}', bool, 'True or False')
   _validate_schedule(config)
 
+  _of_type(config, 'init_from', str, 'a workdir path, or empty')
+  _integer(config, 'init_from_step', -1)
   _one_of(config, 'init_from_opt_state', ('keep', 'reset'))
   data.validate(
     config.data,
@@ -132,8 +283,13 @@ def validate(
   averaging.validate(
     config.averaging, num_steps=config.num_steps, eval_steps=eval_steps
   )
+  probing.validate(config.probes, num_steps=config.num_steps)
   if config.schedule.name == 'file':
     optim.load_lr_file(config.schedule.file, config.num_steps)
+  if 'experiment' in config:
+    from sgd_quad import experiments
+
+    experiments.validate(config.experiment, config)
 
 
 def _validate_schedule(config):
@@ -143,18 +299,28 @@ def _validate_schedule(config):
     ('constant', 'cosine', 'linear', 'piecewise', 'inverse_time', 'file'),
   )
   sched = config.schedule
-  _non_negative(config, 'schedule.warmup_steps')
+  _integer(config, 'schedule.warmup_steps', 0)
   if sched.warmup_steps >= config.num_steps:
     raise ConfigError(
       'schedule.warmup_steps',
       f'{sched.warmup_steps} leaves no step after warmup; allowed: < '
       f'num_steps ({config.num_steps})',
     )
-  if sched.name == 'inverse_time':
-    _positive(config, 'schedule.decay_steps')
+  # Checked whatever the schedule, so a bad value never waits for the day
+  # the schedule changes.
+  _positive(config, 'schedule.decay_steps')
+  _positive(config, 'schedule.decay_factor')
+  _integer(config, 'schedule.decay_start', 0, config.num_steps)
+  _of_type(config, 'schedule.file', str, 'a .npy path, or empty')
+  bounds = sched.boundaries
+  if not isinstance(bounds, (tuple, list)) or not all(
+    isinstance(b, int) and not isinstance(b, bool) for b in bounds
+  ):
+    raise ConfigError(
+      'schedule.boundaries', f'got {bounds!r}; allowed: a tuple of integers'
+    )
   if sched.name == 'piecewise':
-    _positive(config, 'schedule.decay_factor')
-    bounds = list(sched.boundaries)
+    bounds = list(bounds)
     if bounds != sorted(bounds) or any(
       b <= sched.warmup_steps or b >= config.num_steps for b in bounds
     ):

@@ -1,8 +1,9 @@
-"""Errors that sgd_quad raises for bad input.
+"""Errors that sgd_quad raises for bad input and an unusable workdir.
 
 Every check of user input raises `ConfigError`, whose message is one line that
 names the offending field and what is allowed, so the launcher can print it and
-exit before anything is compiled or written.
+exit before anything is compiled or written. A workdir that cannot be written
+raises `WorkdirError`, also one line.
 """
 
 
@@ -18,3 +19,13 @@ class ConfigError(ValueError):
     self.field = field
     self.message = message
     super().__init__(f'config.{field}: {message}')
+
+
+class WorkdirError(OSError):
+  """The workdir cannot be written (a file in its place, a full disk).
+
+  Raised for a file where the workdir or one of its directories belongs, a
+  full disk or file-size limit, or a lost mount. The message is one line
+  saying what failed and which checkpoint a relaunch resumes from; nothing
+  half-written is ever marked complete.
+  """

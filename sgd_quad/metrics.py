@@ -14,7 +14,7 @@ Only process 0 writes; the other processes get a writer that discards.
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from etils import epath
@@ -42,9 +42,27 @@ class MetricWriter:
     workdir: the run's directory.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    enabled: bool = True,
+    object_store: bool | None = None,
+  ):
+    """Opens the writer; writes nothing yet.
+
+    Args:
+      workdir: the run's directory.
+      enabled: False on processes other than 0: every call does nothing.
+      object_store: whether the workdir lives on a store without appends
+        (`gs://`); None decides by the path. True on a local path runs the
+        object-store code (used by the tests).
+    """
     self.workdir = epath.Path(workdir)
     self._enabled = enabled
+    if object_store is None:
+      object_store = not _is_local(self.workdir)
+    self._local = not object_store
     self._lines = []
     self._tb = None
     if enabled:
@@ -84,26 +102,43 @@ class MetricWriter:
       return
     text = ''.join(line + '\n' for line in self._lines)
     path = self.workdir / METRICS_FILE
-    if _is_local(path):
+    if self._local:
       with open(path, 'a') as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     else:
       old = path.read_text() if path.exists() else ''
-      _atomic_write(path, old + text)
+      _atomic_write(path, old + text, local=False)
     self._lines = []
     self._tb.flush()
 
-  def truncate_after(self, step: int):
-    """Drops every line with a step past `step` (used on resume)."""
+  def truncate_after(self, step: int, *, redo: Sequence[str] = ()):
+    """Drops every line with a step past `step` (used on resume).
+
+    Args:
+      step: the step the run resumes from.
+      redo: kinds whose line at `step` itself is written after that step's
+        checkpoint (a probe of theta_step), so the resumed run writes it
+        again; those lines are dropped too.
+    """
     if not self._enabled:
       return
     path = self.workdir / METRICS_FILE
     if not path.exists():
       return
-    kept = [r for r in read_metrics(self.workdir) if r['step'] <= step]
-    _atomic_write(path, ''.join(json.dumps(r) + '\n' for r in kept))
+    kept = [
+      r
+      for r in read_metrics(self.workdir)
+      if r['step'] < step or (r['step'] == step and r['kind'] not in redo)
+    ]
+    _atomic_write(
+      path, ''.join(json.dumps(r) + '\n' for r in kept), local=self._local
+    )
+
+  def discard(self):
+    """Drops the queued lines (after a failed write, before closing)."""
+    self._lines = []
 
   def close(self):
     self.flush()
@@ -115,10 +150,10 @@ def _is_local(path: epath.Path) -> bool:
   return '://' not in os.fspath(path)
 
 
-def _atomic_write(path: epath.Path, text: str):
+def _atomic_write(path: epath.Path, text: str, *, local: bool):
   """Writes `text` to a temporary sibling, syncs it and renames it over."""
   tmp = path.parent / f'.{path.name}.tmp'
-  if not _is_local(path):
+  if not local:
     tmp.write_text(text)
   else:
     with open(tmp, 'w') as f:
@@ -141,5 +176,8 @@ def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  records = [json.loads(line) for line in path.read_text().splitlines()]
+  # A last line without its newline was cut short by a full disk; it was
+  # never synced before a checkpoint, so it is dropped.
+  lines = path.read_text().split('\n')[:-1]
+  records = [json.loads(line) for line in lines if line]
   return [r for r in records if kind is None or r['kind'] == kind]

@@ -39,7 +39,11 @@ def load_lr_file(path: str, num_steps: int) -> np.ndarray:
   field = 'schedule.file'
   file = epath.Path(path)
   if not path or not file.exists():
-    raise ConfigError(field, f'no .npy file at {path!r}')
+    raise ConfigError(
+      field,
+      f'no .npy file at {path!r}; allowed: a 1-D .npy array of at least '
+      f'num_steps ({num_steps}) learning rates',
+    )
   with file.open('rb') as f:
     try:
       lrs = np.load(f)

@@ -146,6 +146,35 @@ def train_step(
   return new_state, metrics
 
 
+def update_direction(
+  state: TrainState,
+  batch: Batch,
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  label_smoothing: float,
+  ghost_batch_size: int,
+) -> PyTree:
+  """The direction d of the optimizer's next step: theta_{t+1} = theta - lr d.
+
+  That is the update the train step would apply on `batch` (momentum and
+  weight decay included), divided by -lr, so that a probe along d with step
+  size eta = lr lands exactly on the next iterate.
+  """
+
+  def loss_fn(params):
+    logits, _ = _apply_train(
+      model, params, state.batch_stats, batch['image'], ghost_batch_size
+    )
+    return cross_entropy(logits, batch['label'], label_smoothing).mean()
+
+  grads = jax.grad(loss_fn)(state.params)
+  updates, _ = tx.update(grads, state.opt_state, state.params)
+  lr = schedule(state.step)
+  return jax.tree.map(lambda u: -u / lr, updates)
+
+
 def eval_step(
   variables: Mapping[str, PyTree], batch: Batch, *, model: nn.Module
 ) -> dict[str, dict[str, jax.Array]]:

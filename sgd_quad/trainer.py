@@ -28,10 +28,18 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import sgd_quad
-from sgd_quad import averaging, checkpoint, config_lib, data, models, optim
+from sgd_quad import (
+  averaging,
+  checkpoint,
+  config_lib,
+  data,
+  models,
+  optim,
+  probing,
+)
 from sgd_quad import steps as steps_lib
-from sgd_quad.errors import ConfigError
-from sgd_quad.metrics import MetricWriter
+from sgd_quad.errors import ConfigError, WorkdirError
+from sgd_quad.metrics import MetricWriter, read_metrics
 from sgd_quad.workdir_lock import WorkdirBusyError, WorkdirLock
 
 PyTree = Any
@@ -52,6 +60,8 @@ class Setup(NamedTuple):
   train_step: Any
   eval_step: Any
   model_variables: Any
+  update_direction: Any
+  workdir: str
 
 
 def eval_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -131,6 +141,7 @@ def build(
   *,
   first_step: int = 0,
   mesh: jax.sharding.Mesh | None = None,
+  workdir: str = '',
 ) -> Setup:
   """Builds data, model, optimizer, averagers and the jitted steps.
 
@@ -139,6 +150,7 @@ def build(
     first_step: the global step the averagers start at (0, or the branch
       point of a branched run).
     mesh: a 1-D mesh with axis 'data'; by default all devices.
+    workdir: where the run writes (probe curves and figures go below it).
 
   Returns:
     The run's `Setup`.
@@ -207,6 +219,19 @@ def build(
       functools.partial(steps_lib.model_variables, averagers=averagers),
       out_shardings=replicated,
     ),
+    update_direction=jax.jit(
+      functools.partial(
+        steps_lib.update_direction,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        label_smoothing=config.optimizer.label_smoothing,
+        ghost_batch_size=config.model.ghost_batch_size,
+      ),
+      in_shardings=(replicated, rows),
+      out_shardings=replicated,
+    ),
+    workdir=workdir,
   )
 
 
@@ -380,13 +405,20 @@ class NonFiniteError(FloatingPointError):
 def _summarise(window: list[dict[str, jax.Array]], first: int, last: int):
   """Means of a window of per-step metrics; fails fast on non-finite ones."""
   stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *window))
-  for name in ('loss', 'grad_norm', 'param_norm', 'update_norm'):
-    if not np.all(np.isfinite(stacked[name])):
-      bad = first + int(np.argmin(np.isfinite(stacked[name])))
-      raise NonFiniteError(
-        f'non-finite {name} at step {bad} (window of steps {first}-{last}); '
-        'no checkpoint was written for this window'
-      )
+  first_bad = {
+    name: first + int(np.argmin(np.isfinite(stacked[name])))
+    for name in ('loss', 'grad_norm', 'param_norm', 'update_norm')
+    if not np.all(np.isfinite(stacked[name]))
+  }
+  if first_bad:
+    # The earliest step names the cause: a blown-up update shows in the
+    # norms a step or two before the loss.
+    bad = min(first_bad.values())
+    names = ', '.join(n for n, s in first_bad.items() if s == bad)
+    raise NonFiniteError(
+      f'non-finite {names} at step {bad} (window of steps {first}-{last}); '
+      'no checkpoint was written for this window, earlier ones are kept'
+    )
   return {f'train/{k}': float(np.mean(v)) for k, v in stacked.items()}
 
 
@@ -438,6 +470,7 @@ class _Preemption:
   def __init__(self):
     self._signalled = threading.Event()
     self._previous = None
+    self._calls = 0
     if jax.process_count() == 1 and (
       threading.current_thread() is threading.main_thread()
     ):
@@ -448,15 +481,48 @@ class _Preemption:
     self._signalled.set()
 
   def should_stop(self, step: int) -> bool:
+    """Whether to stop after `step`; every process calls it once per step."""
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
-      return multihost_utils.reached_preemption_sync_point(step)
+      # JAX picks 1 + the largest counter reported so far as the stop point,
+      # and a process that has not called yet reports 0. Counting this
+      # launch's steps (the same on every process) instead of passing the
+      # global step keeps a notice that arrives before a resumed run's
+      # first step from picking a step already past (1 < resume step).
+      self._calls += 1
+      return multihost_utils.reached_preemption_sync_point(self._calls)
     return self._signalled.is_set()
 
   def close(self):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_workdir(workdir: epath.Path):
+  """Refuses a workdir that is a file, or holds files where directories go."""
+  for path in (workdir / 'checkpoints', workdir / 'tensorboard', workdir):
+    if path.exists() and not path.is_dir():
+      raise WorkdirError(
+        f'{path} is a file, not a directory; move it away or use another '
+        '--workdir'
+      )
+  for parent in workdir.parents:
+    if parent.exists():
+      if not parent.is_dir():
+        raise WorkdirError(
+          f'cannot create workdir {workdir}: {parent} is a file; use another '
+          '--workdir'
+        )
+      break
+
+
+def _write_config_record(config, workdir: epath.Path):
+  """Writes config.json through a temporary file, so a kill never tears it."""
+  record = {'config': config_lib.to_dict(config), **code_version()}
+  tmp = workdir / '.config.json.tmp'
+  tmp.write_text(json.dumps(record, indent=2))
+  tmp.replace(workdir / 'config.json')
 
 
 def _resume_step(mngr) -> int | None:
@@ -485,6 +551,8 @@ def train_and_evaluate(
     ConfigError: for bad config values, before anything is written.
     WorkdirBusyError: when another live run holds the workdir.
     NonFiniteError: when training diverges (the last good checkpoint stays).
+    WorkdirError: when the workdir cannot be written (a file in its place, a
+      full disk); checkpoints already committed stay good.
   """
   start_time = time.time()
   config_lib.validate(
@@ -493,9 +561,12 @@ def train_and_evaluate(
     process_count=jax.process_count(),
   )
   workdir = epath.Path(workdir)
+  _check_workdir(workdir)
   _check_resume_config(config, workdir)
   branch = _branch_source(config)
-  setup = build(config, first_step=branch[1] if branch else 0)
+  setup = build(
+    config, first_step=branch[1] if branch else 0, workdir=os.fspath(workdir)
+  )
   template = _state_template(setup)
   needed = averaging.check_memory(
     setup.averagers,
@@ -507,9 +578,10 @@ def train_and_evaluate(
   lock = _hold_workdir(workdir)
   is_main = jax.process_index() == 0
   if is_main and not (workdir / 'config.json').exists():
-    record = {'config': config_lib.to_dict(config), **code_version()}
-    (workdir / 'config.json').write_text(json.dumps(record, indent=2))
-  mngr = checkpoint.manager(os.fspath(workdir), keep=config.checkpoint.keep)
+    _write_config_record(config, workdir)
+  mngr = checkpoint.manager(
+    os.fspath(workdir), keep=config.checkpoint.keep, owner=True
+  )
   writer = MetricWriter(os.fspath(workdir), enabled=is_main)
   preemption = _Preemption()
   try:
@@ -517,19 +589,39 @@ def train_and_evaluate(
     if resume_step is not None:
       logging.info('Resuming from checkpoint at step %d.', resume_step)
       state, _ = checkpoint.restore(mngr, resume_step, template)
-      writer.truncate_after(resume_step)
+      start = resume_step
     elif branch is not None:
       logging.info('Branching from %s at step %d.', *branch)
       state = branch_state(setup, *branch)
+      start = branch[1]
     else:
       state = init_state(setup)
+      start = 0
+    # Lines of the steps to be redone go, and so do the lines of an attempt
+    # killed before its first checkpoint; the probe of theta_start comes
+    # after that checkpoint, so it is redone too.
+    writer.truncate_after(start, redo=('probe',))
     return _train_loop(setup, state, mngr, writer, lock, preemption, start_time)
+  except OSError as e:
+    writer.discard()  # the queued lines would only fail again
+    good = checkpoint.latest_committed_step(mngr)
+    resume = f'step {good}' if good is not None else 'the start'
+    raise WorkdirError(
+      f'writing to {workdir} failed ({_first_line(e)}); committed checkpoints '
+      f'are intact: free space or fix the workdir and relaunch to resume '
+      f'from {resume}'
+    ) from e
   finally:
     preemption.close()
     writer.close()
     mngr.close()
     if lock is not None:
       lock.release()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def _log_window(config, writer, window, first, step, elapsed):
@@ -562,8 +654,18 @@ def _train_loop(setup, state, mngr, writer, lock, preemption, start_time):
 
   if step < config.num_steps:
     logging.info('Compiling the train step (first step %d).', step + 1)
+  probe_at = set(probing.probe_steps(config.probes, config.num_steps))
+  fixed = None
   batches = setup.datasets.train.iterate(step, config.num_steps - step)
   for batch in batches:
+    if step in probe_at:
+      if fixed is None:
+        fixed = probing.choose_batches(
+          config.probes, setup.datasets, config.batch_size
+        )
+      writer.write(step, 'probe', _probe(setup, state, step, batch, fixed))
+      writer.flush()
+      _plot_probe_trajectory(setup, writer)
     state, metrics = setup.train_step(state, _to_global(setup, batch))
     window.append(metrics)
     step += 1
@@ -602,6 +704,40 @@ def _train_loop(setup, state, mngr, writer, lock, preemption, start_time):
   if results is None:
     _, results = _eval_scalars(setup, state, step)
   return _final_results(setup, results, step, time.time() - start_time)
+
+
+def _probe(setup, state, step, batch, fixed):
+  """Runs the probes at theta_step on the batch about to be trained on."""
+  config = setup.config
+  logging.info('Probing at step %d.', step)
+  direction = None
+  if config.probes.direction == 'update':
+    direction = setup.update_direction(state, _to_global(setup, batch))
+  out_dir = None
+  if jax.process_index() == 0:
+    out_dir = epath.Path(setup.workdir) / 'probes'
+    out_dir.mkdir(parents=True, exist_ok=True)
+  return probing.run_probes(
+    cfg=config.probes,
+    model=setup.model,
+    params=state.params,
+    batch_stats=state.batch_stats,
+    step=step,
+    direction_batch=batch,
+    previous_batch=setup.datasets.train.batch(step - 1) if step else None,
+    fixed=fixed,
+    to_device=functools.partial(_to_global, setup),
+    train_lr=float(setup.schedule(step)),
+    update_direction=direction,
+    out_dir=out_dir,
+  )
+
+
+def _plot_probe_trajectory(setup, writer):
+  """Redraws the fixed-batch losses along the trajectory (process 0)."""
+  if jax.process_index() == 0 and setup.config.probes.figures:
+    records = read_metrics(setup.workdir, 'probe')
+    probing.plot_trajectory(records, epath.Path(setup.workdir) / 'probes')
 
 
 def _final_results(setup, results, step, wall):

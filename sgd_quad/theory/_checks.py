@@ -8,6 +8,7 @@ cannot be inspected and pass unchecked.
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -84,3 +85,14 @@ def stable_lr(lr: Any, h: Any, momentum: Any) -> None:
       'lr must satisfy lr * h < 2 (1 + momentum) for a stationary state, '
       f'got lr * h / (2 (1 + momentum)) up to {ratio.max():g}'
     )
+
+
+def namespace(*values: Any):
+  """jax.numpy if any value is a JAX array (or tracer), else numpy.
+
+  Closed forms evaluated on plain numbers then run in float64 NumPy, with
+  no compilation; on JAX inputs, and under jit, they stay in JAX.
+  """
+  if any(isinstance(v, jax.Array) for v in values):
+    return jnp
+  return np

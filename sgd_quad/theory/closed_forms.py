@@ -8,35 +8,40 @@ variances with and without heavy-ball momentum, the excess loss, one-step
 optima on the training batch and on a held-out batch, gradient alignment,
 and the variance of averaged iterates (two-point, EMA, SWA) with the
 learning rate that gives plain SGD the same variance. All functions accept
-numbers or arrays that broadcast, and work under jit.
+numbers or arrays that broadcast: plain numbers and NumPy arrays give float64
+NumPy results, JAX arrays give JAX results (also under jit).
 """
 
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from sgd_quad.theory import _checks
 from sgd_quad.theory.spectrum import Spectrum
 
+# NumPy for plain inputs, JAX for JAX inputs (see the module docstring).
+Array = np.ndarray | jax.Array
 
-def _alpha(alpha: ArrayLike) -> jax.Array:
+
+def _alpha(alpha: ArrayLike) -> Array:
   _checks.in_range('alpha', alpha, 0.0, 2.0, low_open=True, high_open=True)
-  return jnp.asarray(alpha, dtype=float)
+  return _checks.namespace(alpha).asarray(alpha, dtype=float)
 
 
-def _power_of_a(alpha: jax.Array, n: ArrayLike) -> tuple[jax.Array, jax.Array]:
+def _power_of_a(alpha: Array, n: ArrayLike) -> tuple[Array, Array]:
   """(a^n, 1 - a^n) for a = 1 - alpha, accurate for small alpha."""
+  xp = _checks.namespace(alpha, n)
   below_one = alpha < 1.0
-  log_a = jnp.log1p(-jnp.where(below_one, alpha, 0.5))
-  direct = jnp.power(1.0 - alpha, n)
-  power = jnp.where(below_one, jnp.exp(n * log_a), direct)
-  complement = jnp.where(below_one, -jnp.expm1(n * log_a), 1.0 - direct)
+  log_a = xp.log1p(-xp.where(below_one, alpha, 0.5))
+  direct = xp.power(1.0 - alpha, n)
+  power = xp.where(below_one, xp.exp(n * log_a), direct)
+  complement = xp.where(below_one, -xp.expm1(n * log_a), 1.0 - direct)
   return power, complement
 
 
-def sgd_stationary_variance(alpha: ArrayLike, s2: ArrayLike) -> jax.Array:
+def sgd_stationary_variance(alpha: ArrayLike, s2: ArrayLike) -> Array:
   """Stationary variance of plain SGD along one direction.
 
   Var_inf = s^2 alpha / (2 - alpha), the fixed point of
@@ -56,7 +61,7 @@ def sgd_stationary_variance(alpha: ArrayLike, s2: ArrayLike) -> jax.Array:
 
 def sgd_autocovariance(
   alpha: ArrayLike, s2: ArrayLike, lag: ArrayLike
-) -> jax.Array:
+) -> Array:
   """Stationary autocovariance of plain SGD at a lag.
 
   Cov(x_t, x_{t+k}) = (1 - alpha)^k Var_inf.
@@ -71,7 +76,8 @@ def sgd_autocovariance(
   """
   _checks.in_range('lag', lag, 0.0)
   alpha = _alpha(alpha)
-  power, _ = _power_of_a(alpha, jnp.asarray(lag, dtype=float))
+  lag = _checks.namespace(lag).asarray(lag, dtype=float)
+  power, _ = _power_of_a(alpha, lag)
   return power * sgd_stationary_variance(alpha, s2)
 
 
@@ -84,9 +90,9 @@ class StationaryCovariance(NamedTuple):
     vv: E[v^2].
   """
 
-  xx: jax.Array
-  xv: jax.Array
-  vv: jax.Array
+  xx: Array
+  xv: Array
+  vv: Array
 
 
 def heavy_ball_stationary_covariance(
@@ -117,8 +123,9 @@ def heavy_ball_stationary_covariance(
   _checks.in_range('s2', s2, 0.0)
   _checks.in_range('momentum', momentum, 0.0, 1.0, high_open=True)
   _checks.stable_lr(lr, h, momentum)
-  mu = jnp.asarray(momentum, dtype=float)
-  c = jnp.asarray(lr, dtype=float) * jnp.asarray(h, dtype=float)
+  xp = _checks.namespace(lr, h, s2, momentum)
+  mu = xp.asarray(momentum, dtype=float)
+  c = xp.asarray(lr, dtype=float) * xp.asarray(h, dtype=float)
   xx = s2 * c * (1.0 + mu) / ((1.0 - mu) * (2.0 * (1.0 + mu) - c))
   return StationaryCovariance(
     xx=xx, xv=c * xx / (1.0 + mu), vv=2.0 * c * xx / (1.0 + mu)
@@ -127,7 +134,7 @@ def heavy_ball_stationary_covariance(
 
 def heavy_ball_stationary_variance(
   lr: ArrayLike, h: ArrayLike, s2: ArrayLike, momentum: ArrayLike
-) -> jax.Array:
+) -> Array:
   """Exact stationary variance of heavy-ball SGD along one direction.
 
   Var = s^2 lam h (1 + mu) / [(1 - mu)(2 (1 + mu) - lam h)]; close to
@@ -148,7 +155,7 @@ def heavy_ball_stationary_variance(
 
 def stationary_excess_loss(
   spectrum: Spectrum, lr: ArrayLike, momentum: float = 0.0
-) -> jax.Array:
+) -> Array:
   """Expected excess full-batch loss of SGD at a constant learning rate.
 
   L - L* = sum_i 0.5 h_i Var_i(lam), exact (heavy-ball form with momentum).
@@ -162,9 +169,10 @@ def stationary_excess_loss(
   Returns:
     The excess loss, with the shape of `lr`.
   """
-  lr = jnp.asarray(lr, dtype=float)[..., None]
+  xp = _checks.namespace(lr, *spectrum)
+  lr = xp.asarray(lr, dtype=float)[..., None]
   var = heavy_ball_stationary_variance(lr, spectrum.h, spectrum.s2, momentum)
-  return 0.5 * jnp.sum(spectrum.h * var, axis=-1)
+  return 0.5 * xp.sum(spectrum.h * var, axis=-1)
 
 
 def train_batch_step_loss(
@@ -172,7 +180,7 @@ def train_batch_step_loss(
   batch_loss: ArrayLike,
   grad_sq_norm: ArrayLike,
   grad_curvature: ArrayLike,
-) -> jax.Array:
+) -> Array:
   """Loss of a batch B after one step along its own gradient (exact).
 
   L_B is quadratic, so f(eta) = L_B(theta - eta g_B)
@@ -187,13 +195,13 @@ def train_batch_step_loss(
   Returns:
     f(eta), broadcast over the arguments.
   """
-  eta = jnp.asarray(eta, dtype=float)
+  eta = _checks.namespace(eta).asarray(eta, dtype=float)
   return batch_loss - eta * grad_sq_norm + 0.5 * eta**2 * grad_curvature
 
 
 def train_batch_optimal_step(
   grad_sq_norm: ArrayLike, grad_curvature: ArrayLike
-) -> jax.Array:
+) -> Array:
   """Step size minimising the batch's own loss along its gradient.
 
   eta* = |g_B|^2 / (g_B^T H g_B), about 1 / h of the directions that carry
@@ -208,7 +216,8 @@ def train_batch_optimal_step(
   """
   _checks.in_range('grad_sq_norm', grad_sq_norm, 0.0)
   _checks.positive('grad_curvature', grad_curvature)
-  return jnp.asarray(grad_sq_norm, dtype=float) / grad_curvature
+  xp = _checks.namespace(grad_sq_norm)
+  return xp.asarray(grad_sq_norm, dtype=float) / grad_curvature
 
 
 class StepLosses(NamedTuple):
@@ -219,13 +228,11 @@ class StepLosses(NamedTuple):
     held_out: E[L_B'(theta - eta g_B) - c_B'], on an independent batch B'.
   """
 
-  train_batch: jax.Array
-  held_out: jax.Array
+  train_batch: Array
+  held_out: Array
 
 
-def _stationary_xx(
-  spectrum: Spectrum, lr: ArrayLike, momentum: float
-) -> jax.Array:
+def _stationary_xx(spectrum: Spectrum, lr: ArrayLike, momentum: float) -> Array:
   return heavy_ball_stationary_variance(lr, spectrum.h, spectrum.s2, momentum)
 
 
@@ -256,16 +263,17 @@ def expected_step_losses(
   """
   xx = _stationary_xx(spectrum, lr, momentum)
   h, s2 = spectrum.h, spectrum.s2
-  eta = jnp.asarray(eta, dtype=float)[..., None]
+  xp = _checks.namespace(eta, xx)
+  eta = xp.asarray(eta, dtype=float)[..., None]
   shrink = (1.0 - eta * h) ** 2
-  train = 0.5 * jnp.sum(h * shrink * (xx + s2), axis=-1)
-  held = 0.5 * jnp.sum(h * (shrink * xx + (eta * h) ** 2 * s2 + s2), axis=-1)
+  train = 0.5 * xp.sum(h * shrink * (xx + s2), axis=-1)
+  held = 0.5 * xp.sum(h * (shrink * xx + (eta * h) ** 2 * s2 + s2), axis=-1)
   return StepLosses(train_batch=train, held_out=held)
 
 
 def held_out_optimal_step(
   spectrum: Spectrum, lr: float, momentum: float = 0.0
-) -> jax.Array:
+) -> Array:
   """Step size minimising the expected loss of a held-out batch.
 
   Setting the eta-derivative of `expected_step_losses(...).held_out` to zero:
@@ -286,12 +294,13 @@ def held_out_optimal_step(
   """
   xx = _stationary_xx(spectrum, lr, momentum)
   h, s2 = spectrum.h, spectrum.s2
-  return jnp.sum(h**2 * xx) / jnp.sum(h**3 * (xx + s2))
+  xp = _checks.namespace(xx)
+  return xp.sum(h**2 * xx) / xp.sum(h**3 * (xx + s2))
 
 
 def gradient_alignment(
   spectrum: Spectrum, lr: float, momentum: float = 0.0
-) -> jax.Array:
+) -> Array:
   """Squared cosine of a mini-batch gradient with the full gradient.
 
   With G = H x and g_B = H (x - xi), as a ratio of expectations (the
@@ -310,10 +319,11 @@ def gradient_alignment(
   """
   xx = _stationary_xx(spectrum, lr, momentum)
   h2 = spectrum.h**2
-  return jnp.sum(h2 * xx) / jnp.sum(h2 * (xx + spectrum.s2))
+  xp = _checks.namespace(xx)
+  return xp.sum(h2 * xx) / xp.sum(h2 * (xx + spectrum.s2))
 
 
-def equivalent_alpha(variance: ArrayLike, s2: ArrayLike) -> jax.Array:
+def equivalent_alpha(variance: ArrayLike, s2: ArrayLike) -> Array:
   """The alpha whose plain-SGD stationary variance is `variance`.
 
   Inverts Var = s^2 alpha / (2 - alpha): alpha = 2 r / (1 + r), r = Var/s^2.
@@ -327,13 +337,13 @@ def equivalent_alpha(variance: ArrayLike, s2: ArrayLike) -> jax.Array:
   """
   _checks.in_range('variance', variance, 0.0)
   _checks.positive('s2', s2)
-  ratio = jnp.asarray(variance, dtype=float) / s2
+  ratio = _checks.namespace(variance).asarray(variance, dtype=float) / s2
   return 2.0 * ratio / (1.0 + ratio)
 
 
 def two_point_variance(
   alpha: ArrayLike, s2: ArrayLike, gap: ArrayLike
-) -> jax.Array:
+) -> Array:
   """Stationary variance of the two-point average 0.5 (x_t + x_{t-k}).
 
   Var = 0.25 (2 Var_inf + 2 a^k Var_inf) = 0.5 Var_inf (1 + a^k),
@@ -349,11 +359,12 @@ def two_point_variance(
   """
   _checks.in_range('gap', gap, 1.0)
   alpha = _alpha(alpha)
-  power, _ = _power_of_a(alpha, jnp.asarray(gap, dtype=float))
+  gap = _checks.namespace(gap).asarray(gap, dtype=float)
+  power, _ = _power_of_a(alpha, gap)
   return 0.5 * sgd_stationary_variance(alpha, s2) * (1.0 + power)
 
 
-def two_point_equivalent_alpha(alpha: ArrayLike) -> jax.Array:
+def two_point_equivalent_alpha(alpha: ArrayLike) -> Array:
   """alpha' of plain SGD equivalent to a two-point average with k >> 1/alpha.
 
   0.5 s^2 alpha / (2 - alpha) = s^2 alpha' / (2 - alpha') gives
@@ -369,9 +380,7 @@ def two_point_equivalent_alpha(alpha: ArrayLike) -> jax.Array:
   return 2.0 * alpha / (4.0 - alpha)
 
 
-def ema_variance(
-  alpha: ArrayLike, s2: ArrayLike, decay: ArrayLike
-) -> jax.Array:
+def ema_variance(alpha: ArrayLike, s2: ArrayLike, decay: ArrayLike) -> Array:
   """Exact stationary variance of an EMA (decay beta) of the SGD iterates.
 
   The cascade of two EMAs (rates alpha and 1 - beta) of the batch minima:
@@ -393,13 +402,13 @@ def ema_variance(
   alpha = _alpha(alpha)
   _checks.in_range('s2', s2, 0.0)
   _checks.in_range('decay', decay, 0.0, 1.0, high_open=True)
-  beta = jnp.asarray(decay, dtype=float)
+  beta = _checks.namespace(decay).asarray(decay, dtype=float)
   num = s2 * alpha * (1.0 - beta) * (1.0 + (1.0 - alpha) * beta)
   den = (2.0 - alpha) * (1.0 + beta) * (1.0 - beta + alpha * beta)
   return num / den
 
 
-def ema_equivalent_alpha(alpha: ArrayLike, decay: ArrayLike) -> jax.Array:
+def ema_equivalent_alpha(alpha: ArrayLike, decay: ArrayLike) -> Array:
   """Approximate alpha' of plain SGD equivalent to an EMA of the iterates.
 
   1 / alpha' = 1 / alpha + 1 / (1 - beta): a strong cut where
@@ -415,12 +424,13 @@ def ema_equivalent_alpha(alpha: ArrayLike, decay: ArrayLike) -> jax.Array:
   """
   alpha = _alpha(alpha)
   _checks.in_range('decay', decay, 0.0, 1.0, high_open=True)
-  return 1.0 / (1.0 / alpha + 1.0 / (1.0 - jnp.asarray(decay, dtype=float)))
+  beta = _checks.namespace(decay).asarray(decay, dtype=float)
+  return 1.0 / (1.0 / alpha + 1.0 / (1.0 - beta))
 
 
 def swa_variance(
   alpha: ArrayLike, s2: ArrayLike, num_iterates: ArrayLike, period: int = 1
-) -> jax.Array:
+) -> Array:
   """Exact variance of the uniform mean of n iterates from a stationary start.
 
   With period c = 1 and a = 1 - alpha:
@@ -443,7 +453,7 @@ def swa_variance(
   _checks.in_range('num_iterates', num_iterates, 1.0)
   period = _checks.integer('period', period, 1)
   alpha = _alpha(alpha)
-  n = jnp.asarray(num_iterates, dtype=float)
+  n = _checks.namespace(num_iterates).asarray(num_iterates, dtype=float)
   q, one_minus_q = _power_of_a(alpha, period)
   _, one_minus_qn = _power_of_a(alpha, period * n)
   bracket = (1.0 + q) / one_minus_q - 2.0 * q * one_minus_qn / (
@@ -454,7 +464,7 @@ def swa_variance(
 
 def swa_equivalent_lr(
   lr: ArrayLike, h: ArrayLike, steps_since_start: ArrayLike
-) -> jax.Array:
+) -> Array:
   """1/t-decay learning rate equivalent to SWA started at t0, per direction.
 
   lam_n = lam / (1 + lam h n) for the update after n = t - t0 steps, i.e.
@@ -478,5 +488,6 @@ def swa_equivalent_lr(
   _checks.positive('lr', lr)
   _checks.positive('h', h)
   _checks.in_range('steps_since_start', steps_since_start, 0.0)
-  lr = jnp.asarray(lr, dtype=float)
-  return lr / (1.0 + lr * h * jnp.asarray(steps_since_start, dtype=float))
+  xp = _checks.namespace(lr, h, steps_since_start)
+  n = xp.asarray(steps_since_start, dtype=float)
+  return lr / (1.0 + xp.asarray(lr, dtype=float) * h * n)

@@ -9,7 +9,6 @@ training batch size. The functions here turn those numbers into a
 plus a bulk, and say which modelling choice each one makes.
 """
 
-import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -134,4 +133,4 @@ def spectrum_from_eigenvalues(
   scale = noise_trace / hessian_trace
   h = np.append(top, bulk)
   w = scale * np.append(top, rest)
-  return make_spectrum(jnp.asarray(h), jnp.asarray(w / h**2))
+  return make_spectrum(h, w / h**2)

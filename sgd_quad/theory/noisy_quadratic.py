@@ -23,7 +23,7 @@ from jax.typing import ArrayLike
 
 from sgd_quad.theory import _checks, closed_forms
 from sgd_quad.theory import rules as rules_lib
-from sgd_quad.theory.spectrum import Spectrum, excess_loss
+from sgd_quad.theory.spectrum import Spectrum
 
 PRNGKey = jax.Array
 Schedule = float | ArrayLike | Callable[[jax.Array], jax.Array]
@@ -46,6 +46,13 @@ class Transition(NamedTuple):
   m_noise: jax.Array
 
 
+def _check_form(form: str) -> None:
+  if form not in MOMENTUM_FORMS:
+    raise ValueError(
+      f'momentum_form must be one of {", ".join(MOMENTUM_FORMS)}, got {form!r}'
+    )
+
+
 def transition(
   lr: ArrayLike, h: ArrayLike, momentum: ArrayLike, form: str = 'heavy_ball'
 ) -> Transition:
@@ -65,6 +72,9 @@ def transition(
   Returns:
     A `Transition` with the broadcast shape of the arguments.
   """
+  # TODO(sgd_quad): Nesterov momentum and weight decay, which the trainer
+  # offers, are not modelled; both change the effective step.
+  _check_form(form)
   lr = jnp.asarray(lr, dtype=float)
   h = jnp.asarray(h, dtype=float)
   mu = jnp.asarray(momentum, dtype=float)
@@ -73,13 +83,6 @@ def transition(
   if form == 'heavy_ball':
     return Transition(1.0 - c, mu * ones, -c, mu * ones, c, c)
   return Transition(1.0 - c, -lr * mu * ones, h * ones, mu * ones, c, -h * ones)
-
-
-def _check_form(form: str) -> None:
-  if form not in MOMENTUM_FORMS:
-    raise ValueError(
-      f'momentum_form must be one of {", ".join(MOMENTUM_FORMS)}, got {form!r}'
-    )
 
 
 def stationary_moments(
@@ -144,8 +147,14 @@ def stationary_state(
     A `SimState` of (S, D) arrays.
   """
   num_seeds = _checks.integer('num_seeds', num_seeds, 1)
-  xx, xm, mm = stationary_moments(spectrum, lr, momentum, momentum_form)
-  z = jax.random.normal(key, (2, num_seeds, spectrum.h.shape[0]))
+  moments = stationary_moments(spectrum, lr, momentum, momentum_form)
+  return _sample(key, *moments, num_seeds=num_seeds)
+
+
+@functools.partial(jax.jit, static_argnames=('num_seeds',))
+def _sample(key, xx, xm, mm, num_seeds):
+  """Gaussian (x, m) with the given per-direction covariance, by Cholesky."""
+  z = jax.random.normal(key, (2, num_seeds, xx.shape[0]))
   sx = jnp.sqrt(xx)
   slope = jnp.where(xx > 0, xm / jnp.where(xx > 0, sx, 1.0), 0.0)
   rest = jnp.sqrt(jnp.maximum(mm - slope**2, 0.0))
@@ -160,8 +169,8 @@ class Moments(NamedTuple):
     excess_loss: (R,) sum_i 0.5 h_i second_moment_i.
   """
 
-  second_moment: jax.Array
-  excess_loss: jax.Array
+  second_moment: np.ndarray
+  excess_loss: np.ndarray
 
 
 class Simulation(NamedTuple):
@@ -230,7 +239,10 @@ def _average_read(rule, state, x, t):
 
 @functools.partial(jax.jit, static_argnames=('rules', 'form', 'record_every'))
 def _simulate(h, s2, lrs, x0, m0, key, momentum, rules, form, record_every):
-  """Scans the chains; returns (iterate m2, averages' m2, final x, final m)."""
+  """Scans the chains; returns ((m2, loss) per trajectory, final x, m).
+
+  Trajectory 0 is the iterate, then one per rule; m2 is (R, D), loss (R,).
+  """
   noise_scale = jnp.sqrt(s2)
 
   def observe(x, states, t):
@@ -238,7 +250,7 @@ def _simulate(h, s2, lrs, x0, m0, key, momentum, rules, form, record_every):
       _average_read(rule, state, x, t)
       for rule, state in zip(rules, states, strict=True)
     ]
-    return jnp.mean(x**2, 0), tuple(jnp.mean(z**2, 0) for z in averages)
+    return tuple(jnp.mean(z**2, 0) for z in [x, *averages])
 
   def step(carry, inputs):
     x, m, states = carry
@@ -270,8 +282,10 @@ def _simulate(h, s2, lrs, x0, m0, key, momentum, rules, form, record_every):
     lrs.reshape(-1, record_every),
   )
   (x, m, _), later = lax.scan(chunk, (x0, m0, states), chunks)
-  stats = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, later)
-  return stats, x, m
+  second = [
+    jnp.concatenate([a[None], b]) for a, b in zip(first, later, strict=True)
+  ]
+  return [(m2, 0.5 * m2 @ h) for m2 in second], x, m
 
 
 def schedule_array(lr: Schedule, num_steps: int) -> jax.Array:
@@ -387,7 +401,7 @@ def simulate(
       f"init must be 'stationary', 'zero' or a SimState, got {init!r}"
     )
 
-  (m2, averaged_m2), x, m = _simulate(
+  trajectories, x, m = _simulate(
     spectrum.h,
     spectrum.s2,
     lrs,
@@ -400,12 +414,10 @@ def simulate(
     record_every,
   )
 
-  def moments(second_moment):
-    return Moments(second_moment, excess_loss(spectrum, second_moment))
-
+  moments = [Moments(*map(np.asarray, pair)) for pair in trajectories]
   return Simulation(
     steps=np.arange(0, num_steps + 1, record_every),
-    iterate=moments(m2),
-    averages=tuple(moments(a) for a in averaged_m2),
+    iterate=moments[0],
+    averages=tuple(moments[1:]),
     final=SimState(x, m),
   )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from sgd_quad.theory import _checks
@@ -23,9 +23,11 @@ class EmaRule(NamedTuple):
   """EMA started as a copy of x_s: z <- beta z + (1 - beta) x_t.
 
   The update applies at steps t = s + c, s + 2c, ... (s = start_step,
-  c = period); in between z is unchanged. As the trainer's default EMA (no
-  warmup, no debiasing).
+  c = period); in between z is unchanged. As the trainer's default EMA.
   """
+
+  # TODO(sgd_quad): the trainer's EMA warmup and debiasing options are not
+  # modelled; with them the early average differs from this record's.
 
   decay: float
   start_step: int = 0
@@ -136,7 +138,9 @@ def make_rule(name: str, **params: Any) -> AveragingRule:
   return check_rule(rule)
 
 
-def running_weight(rule: EmaRule | SwaRule, step: ArrayLike) -> jax.Array:
+def running_weight(
+  rule: EmaRule | SwaRule, step: ArrayLike
+) -> np.ndarray | jax.Array:
   """The weight r_t of the running form z_t = (1 - r_t) z_{t-1} + r_t x_t.
 
   EMA: r_t = 1 for t <= s (z follows x up to the copy at s), 1 - beta at
@@ -145,17 +149,16 @@ def running_weight(rule: EmaRule | SwaRule, step: ArrayLike) -> jax.Array:
 
   Args:
     rule: an `EmaRule` or `SwaRule`.
-    step: step indices t >= 0 (any shape; may be traced).
+    step: step indices t >= 0 (any shape; NumPy, JAX or traced).
 
   Returns:
-    r_t with the shape of `step`, in the default float dtype.
+    r_t with the shape of `step` (float64 for NumPy input).
   """
-  step = jnp.asarray(step)
-  offset = step - rule.start_step
+  xp = _checks.namespace(step)
+  offset = xp.asarray(step) - rule.start_step
   event = (offset > 0) & (offset % rule.period == 0)
   if isinstance(rule, EmaRule):
-    weight = jnp.asarray(1.0 - rule.decay, dtype=float)
+    weight = 1.0 - rule.decay
   else:
-    count = offset // rule.period + 1
-    weight = 1.0 / jnp.maximum(count, 1).astype(float)
-  return jnp.where(offset <= 0, 1.0, jnp.where(event, weight, 0.0))
+    weight = 1.0 / xp.maximum(offset // rule.period + 1, 1)
+  return xp.where(offset <= 0, 1.0, xp.where(event, weight, 0.0))

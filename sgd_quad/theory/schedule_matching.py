@@ -119,21 +119,23 @@ def _averaged(rule, spectrum, lr, num_steps, momentum, momentum_form, reduce):
 
   if isinstance(rule, (rules_lib.EmaRule, rules_lib.SwaRule)):
     weights = rules_lib.running_weight(rule, steps[1:])
-    return _running_average_variance(
-      h, s2, lr_arr, mu, weights, momentum_form, reduce
+    return np.asarray(
+      _running_average_variance(
+        h, s2, lr_arr, mu, weights, momentum_form, reduce
+      )
     )
 
   if isinstance(rule, rules_lib.TwoPointRule):
     lags = np.clip(offset, 0, rule.gap)
     cov = _autocovariance(h, s2, lr_arr, mu, int(lags.max()), momentum_form)
-    table = 0.5 * (cov[0] + cov)
+    table = 0.5 * (cov[0] + np.asarray(cov))
     return (0.5 * table @ h if reduce else table)[lags]
 
   m, c = rule.num_snapshots, rule.period
   counts = np.where(offset < 0, 1, np.minimum(offset // c + 1, m))
   n_max = int(counts.max())
   cov = _autocovariance(h, s2, lr_arr, mu, c * (n_max - 1), momentum_form)
-  lagged = cov[::c]  # C(c d), d = 0..n_max-1.
+  lagged = np.asarray(cov)[::c]  # C(c d), d = 0..n_max-1.
   n = np.arange(1, n_max + 1)
   pairs = np.clip(n[:, None] - np.arange(1, n_max)[None, :], 0, None)
   table = (n[:, None] * lagged[0] + 2.0 * pairs @ lagged[1:]) / n[:, None] ** 2
@@ -148,7 +150,7 @@ def averaged_variance(
   *,
   momentum: float = 0.0,
   momentum_form: str = 'heavy_ball',
-) -> jax.Array:
+) -> np.ndarray:
   """Exact variance of an averaged iterate after a stationary branch point.
 
   SGD runs at the constant lam from the stationary state at step 0; the rule
@@ -173,7 +175,7 @@ def averaged_variance(
     momentum_form: 'heavy_ball' or 'trace' (see `noisy_quadratic`).
 
   Returns:
-    (T + 1, D) variances at branch steps 0..T.
+    (T + 1, D) NumPy array of variances at branch steps 0..T.
   """
   return _averaged(
     rule, spectrum, lr, num_steps, momentum, momentum_form, reduce=False
@@ -188,7 +190,7 @@ def averaged_excess_loss(
   *,
   momentum: float = 0.0,
   momentum_form: str = 'heavy_ball',
-) -> jax.Array:
+) -> np.ndarray:
   """Expected excess full-batch loss of an averaged iterate, exactly.
 
   sum_i 0.5 h_i Var_i(t) with Var from `averaged_variance`.
@@ -202,7 +204,7 @@ def averaged_excess_loss(
     momentum_form: 'heavy_ball' or 'trace'.
 
   Returns:
-    (T + 1,) losses at branch steps 0..T.
+    (T + 1,) NumPy array of losses at branch steps 0..T.
   """
   return _averaged(
     rule, spectrum, lr, num_steps, momentum, momentum_form, reduce=True
@@ -229,7 +231,7 @@ def schedule_excess_loss(
   base_lr: float,
   momentum: float = 0.0,
   momentum_form: str = 'heavy_ball',
-) -> jax.Array:
+) -> np.ndarray:
   """Expected excess loss of plain (unaveraged) SGD under a schedule.
 
   From the stationary state at `base_lr`, per direction and exactly:
@@ -244,12 +246,14 @@ def schedule_excess_loss(
     momentum_form: 'heavy_ball' or 'trace'.
 
   Returns:
-    (T + 1,) losses at branch steps 0..T.
+    (T + 1,) NumPy array of losses at branch steps 0..T.
   """
-  lrs = jnp.asarray(learning_rates, dtype=float)
+  lrs = np.asarray(learning_rates, dtype=np.float64)
+  if lrs.ndim != 1:
+    raise ValueError(f'learning_rates must be 1-D, got shape {lrs.shape}')
   _check_base(spectrum, base_lr, lrs.shape[0], momentum, momentum_form)
   _checks.in_range('learning_rates', lrs, 0.0)
-  return _schedule_loss(
+  loss = _schedule_loss(
     spectrum.h,
     spectrum.s2,
     jnp.asarray(base_lr, dtype=float),
@@ -257,6 +261,7 @@ def schedule_excess_loss(
     lrs,
     momentum_form,
   )
+  return np.asarray(loss)
 
 
 class MatchedSchedule(NamedTuple):
@@ -267,9 +272,9 @@ class MatchedSchedule(NamedTuple):
       t + 1.
     target_loss: (T + 1,) expected excess loss of the averaged iterate.
     matched_loss: (T + 1,) expected excess loss of SGD under the schedule.
-    clipped: (T,) True where no lam_t >= 0 reached the target; there lam_t
-      is the reachable LR closest to it (the minimiser of the next loss, or
-      0).
+    clipped: (T,) True where no lam_t >= 0 reached the target (n steps
+      ahead, see `match_schedule`); lam_t is then the LR minimising that
+      loss, or 0 where the root was negative.
   """
 
   learning_rates: np.ndarray

@@ -10,7 +10,6 @@ solver in `sgd_quad.theory` takes one.
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -26,8 +25,8 @@ class Spectrum(NamedTuple):
       the gradient noise along direction i has variance h_i^2 s_i^2.
   """
 
-  h: jax.Array
-  s2: jax.Array
+  h: np.ndarray
+  s2: np.ndarray
 
 
 def make_spectrum(h: ArrayLike, s2: ArrayLike) -> Spectrum:
@@ -38,19 +37,20 @@ def make_spectrum(h: ArrayLike, s2: ArrayLike) -> Spectrum:
     s2: batch-minimum variances, broadcastable to `h`, all >= 0.
 
   Returns:
-    A `Spectrum` of two 1-D arrays of the default float dtype.
+    A `Spectrum` of two 1-D float64 NumPy arrays (JAX code casts them to
+    its default float dtype).
 
   Raises:
     ValueError: if `h` is not 1-D or not positive, or `s2` is negative or
       does not broadcast to `h`.
   """
-  h = jnp.atleast_1d(jnp.asarray(h, dtype=float))
+  h = np.atleast_1d(np.asarray(h, dtype=np.float64))
   if h.ndim != 1:
     raise ValueError(f'h must be a number or 1-D array, got shape {h.shape}')
   _checks.positive('h', h)
   _checks.in_range('s2', s2, 0.0)
   try:
-    s2 = jnp.broadcast_to(jnp.asarray(s2, dtype=float), h.shape)
+    s2 = np.broadcast_to(np.asarray(s2, dtype=np.float64), h.shape).copy()
   except ValueError as e:
     raise ValueError(
       f's2 must broadcast to the shape of h {h.shape}, got {np.shape(s2)}'
@@ -93,7 +93,9 @@ def log_spaced_spectrum(
   return make_spectrum(h, s2)
 
 
-def excess_loss(spectrum: Spectrum, second_moment: ArrayLike) -> jax.Array:
+def excess_loss(
+  spectrum: Spectrum, second_moment: ArrayLike
+) -> np.ndarray | jax.Array:
   """Expected excess full-batch loss from per-direction second moments.
 
   L - L* = sum_i 0.5 h_i E[x_i^2], where x = theta - theta* in the
@@ -106,4 +108,5 @@ def excess_loss(spectrum: Spectrum, second_moment: ArrayLike) -> jax.Array:
   Returns:
     The excess loss, with the leading axes of `second_moment`.
   """
-  return 0.5 * jnp.sum(spectrum.h * jnp.asarray(second_moment), axis=-1)
+  xp = _checks.namespace(second_moment)
+  return 0.5 * xp.sum(spectrum.h * xp.asarray(second_moment), axis=-1)

@@ -1,0 +1,173 @@
+"""E8: the accuracy of two-point averages 0.5 (theta_t + theta_{t-k}) against k.
+
+From the base run's checkpoint at t0 (constant LR lam), one branch keeps lam
+and tracks a two-point average for every gap in `experiment.two_point_gaps`
+together with the config's EMA and SWA (`config.averaging`, BatchNorm
+statistics as its `*_bn` fields say; by default averaged with the weights);
+a second branch trains at `experiment.lr_factor` * lam (half by default)
+without averaging. The noisy-quadratic model predicts that a two-point
+average at a gap well above the relaxation time acts like halving the LR.
+
+Reported per model (the last iterate 'raw', every two-point average, EMA,
+SWA and 'lr_factor' for the slower branch): the test loss and accuracy at
+the last step, and their means over the evaluation steps where every
+two-point average is defined (t >= t0 + max k), which averages out some of
+the evaluation noise of a small test set; gains are differences from the
+last iterate (positive = better). The estimated relaxation time at t0
+(`estimate`) says which gaps count as well above it. The figure is
+`<workdir>/two_point_gains.png`; the record goes to metrics.jsonl (kind
+'two_point_gains').
+
+  python -m sgd_quad.experiments.two_point_gains \
+    --config=configs/digits_equivalence.py --workdir=/tmp/two_point
+"""
+
+import os
+
+import ml_collections
+import numpy as np
+
+from sgd_quad.experiments import common, estimate
+
+FIGURE = 'two_point_gains.png'
+SLOW = 'lr_factor'
+
+
+def window_means(curves: dict[str, common.Curve], start: int) -> dict:
+  """Mean test loss and accuracy of each curve over steps >= start.
+
+  Only steps at which every curve was evaluated count, so all models are
+  averaged over the same steps.
+  """
+  steps = None
+  for c in curves.values():
+    s = c.steps[c.steps >= start]
+    steps = s if steps is None else np.intersect1d(steps, s)
+  out = {}
+  for name, c in curves.items():
+    keep = np.isin(c.steps, steps)
+    out[name] = {
+      'window_test_loss': float(np.mean(c.loss[keep])),
+      'window_test_accuracy': float(np.mean(c.accuracy[keep])),
+    }
+  return out
+
+
+def _plot(path, gaps, table, names, relaxation):
+  fig, axes = common.new_figure(2)
+  for ax, field, label in (
+    (axes[0], 'window_test_loss', 'test loss'),
+    (axes[1], 'window_test_accuracy', 'test accuracy'),
+  ):
+    ax.plot(
+      gaps,
+      [table[f'two_point_k{k}'][field] for k in gaps],
+      'o-',
+      color='C0',
+      label='two-point 0.5 (theta_t + theta_{t-k})',
+    )
+    for i, name in enumerate(names):
+      ax.axhline(
+        table[name][field],
+        color='k' if name == 'raw' else f'C{i + 1}',
+        ls='-' if name == 'raw' else '--',
+        lw=1.2,
+        label=name,
+      )
+    ax.axvline(relaxation, color='0.6', ls=':', label='relaxation time')
+    ax.set_xscale('log')
+    ax.set_xlabel('gap k (steps)')
+    ax.set_ylabel(f'{label} (mean over the window)')
+    ax.grid(alpha=0.3, which='both')
+  axes[0].set_title('two-point averages against the gap')
+  axes[1].legend(fontsize=7)
+  return common.save_figure(fig, path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs E8 for the config's init_seed and data_seed; returns its scalars.
+
+  Args:
+    config: an experiment config (see configs/digits_equivalence.py).
+    workdir: where the runs, the figure and the record go.
+
+  Returns:
+    Flat scalars `<model>/test_loss`, `<model>/test_accuracy`,
+    `<model>/window_test_loss`, `<model>/window_test_accuracy`,
+    `gain/<model>/...` (differences from 'raw', positive = better) and the
+    estimate at t0.
+  """
+  exp = common.experiment_block(config)
+  t0 = exp.branch_step
+  common.prepare_workdir(config, workdir)
+  base_dir = common.ensure_base(config, workdir)
+  est = estimate.measure(
+    common.base_config(config),
+    base_dir,
+    t0,
+    num_batches=exp.estimate_batches,
+    hessian_iters=exp.hessian_iters,
+  )
+
+  avg_cfg = common.run_config(config).averaging
+  avg_cfg.two_point_gaps = tuple(int(k) for k in exp.two_point_gaps)
+  avg_cfg.lawa_snapshots = 0
+  avg_cfg.multi_point_count = 0
+  a_dir = os.path.join(workdir, 'constant')
+  results = common.run_branch(
+    common.branch_config(config, base_dir, averaging_cfg=avg_cfg), a_dir
+  )
+  slow_dir = os.path.join(workdir, SLOW)
+  slow_lr = exp.lr_factor * est.learning_rate
+  slow = common.run_branch(
+    common.branch_config(config, base_dir, learning_rate=slow_lr), slow_dir
+  )
+
+  names = list(results)
+  curves = {n: common.curve(a_dir, n) for n in names}
+  curves[SLOW] = common.curve(slow_dir, 'raw')
+  finals = {n: common.final(results, n) for n in names}
+  finals[SLOW] = common.final(slow, 'raw')
+  gaps = sorted(exp.two_point_gaps)
+  windows = window_means(curves, t0 + max(gaps))
+  table = {n: {**finals[n], **windows[n]} for n in curves}
+
+  scalars = dict(est.as_scalars())
+  scalars[f'{SLOW}/learning_rate'] = slow_lr
+  for name, fields in table.items():
+    for field, value in fields.items():
+      scalars[f'{name}/{field}'] = value
+      sign = 1.0 if 'accuracy' in field else -1.0
+      if name != 'raw':
+        gain = sign * (value - table['raw'][field])
+        scalars[f'gain/{name}/{field}'] = gain
+  others = [n for n in curves if not n.startswith('two_point')]
+  figure = _plot(
+    os.path.join(workdir, FIGURE), gaps, table, others, est.relaxation_steps
+  )
+  common.write_record(
+    workdir, 'two_point_gains', t0 + exp.branch_steps, scalars
+  )
+  rows = [
+    {
+      'model': name,
+      'test loss': f'{t["test_loss"]:.4f}',
+      'test top-1': f'{100 * t["test_accuracy"]:.2f}%',
+      'window loss': f'{t["window_test_loss"]:.4f}',
+      'window top-1': f'{100 * t["window_test_accuracy"]:.2f}%',
+    }
+    for name, t in table.items()
+  ]
+  print(
+    f'\nTwo-point gains, t0 = {t0}, lam = {est.learning_rate:g}, '
+    f'relaxation time {est.relaxation_steps:.3g} steps '
+    f'(window: steps >= {t0 + max(gaps)})\n'
+    + common.format_table(rows)
+    + f'\nfigure: {figure}',
+    flush=True,
+  )
+  return scalars
+
+
+if __name__ == '__main__':
+  common.launch(run)
