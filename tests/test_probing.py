@@ -98,3 +98,25 @@ def test_bad_probe_config_names_the_field(field, value, message):
   cfg[field] = value
   with pytest.raises(ConfigError, match=message):
     probing.validate(cfg, num_steps=40)
+
+
+def test_interpolation_between_checkpoints(trained_run):
+  from sgd_quad import interpolate
+
+  workdir, config, _ = trained_run
+  alphas, losses, names = interpolate.interpolate(
+    workdir, 20, 40, num_alphas=5, extend=0.0
+  )
+  assert names[0] == 'heldout_0' and names[-1].startswith('test_')
+  assert losses.shape == (len(names), 5)
+  # alpha = 1 is checkpoint 40 itself: its held-out losses are its losses.
+  setup = trainer.build(config)
+  fixed = probing.choose_batches(config.probes, setup.datasets, 64)
+  at_b = probes.batch_losses(
+    setup.model,
+    trainer.checkpoint.load_subtree(workdir, ('params',), step=40),
+    None,
+    [trainer._to_global(setup, fixed.batches[0])],
+    bn_mode='batch',
+  )
+  assert losses[0, -1] == pytest.approx(float(at_b[0]), rel=1e-5)
