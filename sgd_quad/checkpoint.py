@@ -16,6 +16,7 @@ truncated, altered or missing files.
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import jax
@@ -24,6 +25,13 @@ from absl import logging
 from etils import epath
 
 PyTree = Any
+
+
+def absolute(path: str) -> epath.Path:
+  """`path` made absolute when local (orbax refuses relative paths)."""
+  if '://' in str(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(path))
 
 
 def manager(
@@ -48,7 +56,7 @@ def manager(
     cleanup_tmp_directories=owner,
   )
   return ocp.CheckpointManager(
-    epath.Path(workdir) / 'checkpoints',
+    absolute(workdir) / 'checkpoints',
     options=options,
     item_names=('state', 'meta'),
   )
@@ -249,7 +257,7 @@ def load_subtree(
   mngr.close()
   if step is None:
     raise FileNotFoundError(f'no good checkpoint in {workdir}/checkpoints')
-  item_dir = epath.Path(workdir) / 'checkpoints' / str(step) / 'state'
+  item_dir = absolute(workdir) / 'checkpoints' / str(step) / 'state'
   ckptr = ocp.PyTreeCheckpointer()
   tree = ckptr.metadata(item_dir).item_metadata.tree
   for key in path:

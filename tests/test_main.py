@@ -40,8 +40,9 @@ def _launch(workdir, digits_dir, *flags, **kwargs):
 
 
 def test_main_trains_and_prints_the_table(tmp_path, digits_dir):
+  # A relative --workdir, as in the README (orbax needs absolute paths).
   proc = _launch(
-    tmp_path / 'run',
+    os.path.relpath(tmp_path / 'run'),
     digits_dir,
     '--config.num_steps=20',
     '--config.eval_every=10',
