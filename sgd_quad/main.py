@@ -3,8 +3,9 @@
   python -m sgd_quad.main --config=configs/digits.py --workdir=/tmp/digits
 
 Any config field can be overridden, e.g. `--config.num_steps=500`. Bad
-config values end the program with one line naming the field, before anything
-is compiled or written.
+config values, flags or config files end the program with one `error:` line
+naming the field, before anything is compiled or written. Exit status: 2 bad
+input or a busy workdir, 3 divergence, 4 a workdir that cannot be written.
 
 Multi-process runs start every process with the same flags; on a TPU pod,
 under SLURM's `srun` or in a Kubernetes indexed job JAX finds its peers

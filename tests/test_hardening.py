@@ -168,39 +168,64 @@ def _lock_pid(workdir) -> int | None:
     return None
 
 
-def test_kill_9_anywhere_then_resume_is_bitwise_identical(
+def _error_lines(err: str) -> list[str]:
+  return [line for line in err.splitlines() if line.startswith('error:')]
+
+
+def test_kills_and_a_full_disk_then_resume_is_bitwise_identical(
   tmp_path, digits_dir, compile_cache, reference
 ):
+  """SIGKILL at several points and one launch that runs out of disk.
+
+  Every relaunch resumes from the newest committed checkpoint and the final
+  state and metrics equal those of the uninterrupted reference.
+  """
   workdir = os.fspath(tmp_path / 'run')
   rng = random.Random(7)
   after = rng.randrange(21, 36)
-  # (where, condition on the launched process, extra delay before SIGKILL)
-  kill_points = [
-    ('during the first checkpoint save', lambda p: _saving(workdir), 0.0),
+  # (fault, when to SIGKILL, extra delay); no condition: the launch runs
+  # with a 16 KiB cap per file, which lets the metrics and TensorBoard files
+  # grow but fails the next checkpoint (its files hold 20-100 KiB).
+  faults = [
+    ('SIGKILL during the first checkpoint save', lambda p: _saving(workdir), 0),
     (
-      f'after step {after}',
+      f'SIGKILL after step {after}',
       lambda p: _logged_step(workdir) >= after,
-      rng.uniform(0.0, 0.2),
+      rng.uniform(0.0, 0.02),
     ),
-    ('just after taking the lock', lambda p: _lock_pid(workdir) == p.pid, 0.0),
+    ('full disk at the next checkpoint', None, 0),
     (
-      'during a save after step 30',
+      'SIGKILL just after taking the lock',
+      lambda p: _lock_pid(workdir) == p.pid,
+      0,
+    ),
+    (
+      'SIGKILL during a save after step 30',
       lambda p: _saving(workdir) and _committed_steps(workdir)[-1:] >= [30],
-      0.0,
+      0,
     ),
   ]
-  kills = []
-  for where, condition, delay in kill_points:
-    proc = _launch(workdir, digits_dir, compile_cache)
-    if kills:
-      kills[-1]['next'] = proc
-    _wait_for(proc, lambda p=proc, c=condition: c(p))
-    time.sleep(delay)
-    err = _kill(proc)
+  done = []
+  for fault, condition, delay in faults:
+    before = _committed_steps(workdir)
+    if condition is None:
+      proc = _launch(workdir, digits_dir, compile_cache, file_size_kib=16)
+      _, err = proc.communicate(timeout=600)
+      assert proc.returncode == 4, err[-3000:]
+      assert 'Traceback' not in err, err[-3000:]
+      [line] = _error_lines(err)
+      assert 'File too large' in line, line
+      assert f'resume from step {before[-1]}' in line, line
+      assert _committed_steps(workdir) == before  # nothing partial committed
+    else:
+      proc = _launch(workdir, digits_dir, compile_cache)
+      _wait_for(proc, lambda p=proc, c=condition: c(p))
+      time.sleep(delay)
+      err = _kill(proc)
     committed = _committed_steps(workdir)
-    kills.append(
+    done.append(
       {
-        'where': where,
+        'fault': fault,
         'logged': _logged_step(workdir),
         'committed': committed[-1] if committed else 0,
         'err': err,
@@ -212,52 +237,35 @@ def test_kill_9_anywhere_then_resume_is_bitwise_identical(
   assert final.returncode == 0, err[-3000:]
   _assert_same_run(workdir, reference)
 
-  # Each kill's state was resumed by the next launch that got as far as
-  # restoring, from the newest checkpoint committed before the kill.
+  # Each fault's state was resumed by the next launch that got as far as
+  # restoring, from the newest checkpoint committed before the fault.
   resumed = [_restored_step(err)]
-  for kill in reversed(kills[1:]):
-    restored = _restored_step(kill['err'])
+  for fault in reversed(done[1:]):
+    restored = _restored_step(fault['err'])
     resumed.insert(0, resumed[0] if restored is None else restored)
   lines = []
-  for kill, restored in zip(kills, resumed, strict=True):
-    assert restored == kill['committed'], kill['where']
+  for fault, restored in zip(done, resumed, strict=True):
+    assert restored == fault['committed'], fault['fault']
     lines.append(
-      f'{kill["where"]}: logged step {kill["logged"]}, resumed from '
-      f'{restored}, steps lost {kill["logged"] - restored}'
+      f'{fault["fault"]}: logged step {fault["logged"]}, resumed from '
+      f'{restored}, steps lost {fault["logged"] - restored}'
     )
-  print(f'\n{len(kills)} kills survived:\n' + '\n'.join(lines))
+  print(f'\n{len(done)} faults survived:\n' + '\n'.join(lines))
 
 
-def _error_lines(err: str) -> list[str]:
-  return [line for line in err.splitlines() if line.startswith('error:')]
-
-
-def test_full_disk_fails_in_one_line_and_the_next_launch_resumes(
-  tmp_path, digits_dir, compile_cache, reference
-):
-  workdir = os.fspath(tmp_path / 'run')
-  first = _launch(workdir, digits_dir, compile_cache)
-  _wait_for(first, lambda: _committed_steps(workdir)[-1:] >= [10])
-  _kill(first)
-  good = _committed_steps(workdir)
-  assert good
-
-  # Every checkpoint holds files of 20-100 KiB; 16 KiB lets the metrics and
-  # TensorBoard files grow but no checkpoint be written.
-  full = _launch(workdir, digits_dir, compile_cache, file_size_kib=16)
-  _, err = full.communicate(timeout=600)
-  assert full.returncode == 4, err[-3000:]
-  assert 'Traceback' not in err, err[-3000:]
-  [line] = _error_lines(err)
-  assert 'File too large' in line
-  assert f'resume from step {good[-1]}' in line
-  assert _committed_steps(workdir) == good
-
-  again = _launch(workdir, digits_dir, compile_cache)
-  _, err = again.communicate(timeout=600)
-  assert again.returncode == 0, err[-3000:]
-  assert f'Resuming from checkpoint at step {good[-1]}.' in err
-  _assert_same_run(workdir, reference)
+def test_resume_drops_the_lines_it_redoes(tmp_path):
+  """The probe of theta_s is written after checkpoint s, so it is redone."""
+  writer = metrics.MetricWriter(os.fspath(tmp_path))
+  for step, kind in [(10, 'train'), (10, 'probe'), (20, 'train')]:
+    writer.write(step, kind, {'x': 1.0})
+  writer.flush()
+  with open(tmp_path / metrics.METRICS_FILE, 'a') as f:
+    f.write('{"step": 20, "kind": "tr')  # cut short by a full disk
+  writer.truncate_after(10, redo=('probe',))
+  writer.close()
+  assert [(r['step'], r['kind']) for r in metrics.read_metrics(tmp_path)] == [
+    (10, 'train')
+  ]
 
 
 def test_workdir_that_is_a_file_fails_in_one_line(

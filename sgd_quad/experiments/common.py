@@ -253,6 +253,7 @@ def new_figure(ncols: int, *, width: float = 5.0, height: float = 3.8):
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height))
+  fig.subplots_adjust(wspace=0.3)
   return fig, np.atleast_1d(axes)
 
 

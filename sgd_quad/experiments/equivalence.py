@@ -16,12 +16,15 @@ The result compares A's averaged model with B's raw model at every common
 evaluation step after t0: the discrepancy is the mean absolute difference of
 their test losses (and accuracies) over that overlap, and the averaging
 effect the same mean between A's averaged and A's raw model, i.e. the
-discrepancy a B that kept lam would have. Averaged models use the BatchNorm
-mode of `config.averaging` (`*_bn`, by default statistics averaged with the
-weights); B's raw model uses its live running statistics. The figure
-(`<workdir>/equivalence.png`) overlays A's averaged curves (solid) and B's
-raw curves (dashed), with B's schedules; the numbers go to
-`<workdir>/metrics.jsonl` (kind 'equivalence') and are printed.
+discrepancy a B that kept lam would have. A two-point average at gap k is
+compared from t0 + k on: the trainer defines it only there (the theory's
+rule pairs x_t with x_t0 before, and its schedule's first k steps match
+that). Averaged models use the BatchNorm mode of `config.averaging`
+(`*_bn`, by default statistics averaged with the weights); B's raw model
+uses its live running statistics. The figure (`<workdir>/equivalence.png`)
+overlays A's averaged curves (solid) and B's raw curves (dashed), with B's
+schedules; the numbers go to `<workdir>/metrics.jsonl` (kind
+'equivalence') and are printed.
 
   python -m sgd_quad.experiments.equivalence \
     --config=configs/digits_equivalence.py --workdir=/tmp/equivalence
@@ -173,18 +176,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """
   exp = common.experiment_block(config)
   t0, num = exp.branch_step, exp.branch_steps
-  common.prepare_workdir(config, workdir)
-  base_dir = common.ensure_base(config, workdir)
-
-  est = estimate.measure(
-    common.base_config(config),
-    base_dir,
-    t0,
-    num_batches=exp.estimate_batches,
-    hessian_iters=exp.hessian_iters,
-  )
-  spec = estimate.spectrum(est, exp.spectrum)
-  lr, mu = est.learning_rate, est.momentum
   avg_cfg = common.run_config(config).averaging
   rules = modelled_rules(avg_cfg, t0)
   tracked = common.averaged_model_names(avg_cfg, config)
@@ -198,6 +189,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       )
   if not names:
     raise ConfigError('averaging', 'no averaged model to match; add one')
+
+  common.prepare_workdir(config, workdir)
+  base_dir = common.ensure_base(config, workdir)
+  est = estimate.at_branch(config, workdir, base_dir)
+  spec = estimate.spectrum(est, exp.spectrum)
+  lr, mu = est.learning_rate, est.momentum
 
   a_dir = os.path.join(workdir, 'A')
   a_results = common.run_branch(

@@ -25,6 +25,8 @@ but not the spread of relaxation times of a real spectrum.
 """
 
 import functools
+import json
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from sgd_quad import checkpoint, config_lib, probes, theory, trainer
 from sgd_quad.experiments import common
@@ -197,6 +200,10 @@ def _single_direction(estimate: Estimate) -> theory.Spectrum:
   )
 
 
+# TODO(sgd_quad): only the single effective direction. A spectrum with slow
+# directions (`theory.spectrum_from_eigenvalues` needs a Hessian trace, e.g.
+# Hutchinson's, which the probes do not measure yet) would let the matched
+# schedules keep training the flat directions that the averages keep moving.
 SPECTRA = {'single_direction': _single_direction}
 
 
@@ -220,6 +227,47 @@ def spectrum(estimate: Estimate, name: str) -> theory.Spectrum:
   return spec
 
 
+def at_branch(
+  config: ml_collections.ConfigDict, workdir: str, base_dir: str
+) -> Estimate:
+  """`measure` at the branch step t0 of an experiment, kept for relaunches.
+
+  The estimate is stored in <workdir>/estimate.json with what it was
+  measured from (base workdir, t0, batches, iterations) and reused when a
+  relaunch asks for the same.
+
+  Args:
+    config: the experiment config.
+    workdir: the experiment's workdir.
+    base_dir: the base run's workdir.
+
+  Returns:
+    The `Estimate` at t0.
+  """
+  exp = common.experiment_block(config)
+  key = {
+    'base_workdir': os.path.abspath(base_dir),
+    'step': exp.branch_step,
+    'num_batches': exp.estimate_batches,
+    'hessian_iters': exp.hessian_iters,
+  }
+  path = epath.Path(workdir) / 'estimate.json'
+  if path.exists():
+    stored = json.loads(path.read_text())
+    if stored['key'] == key:
+      return Estimate(**stored['estimate'])
+  est = measure(
+    common.base_config(config),
+    base_dir,
+    exp.branch_step,
+    num_batches=exp.estimate_batches,
+    hessian_iters=exp.hessian_iters,
+  )
+  record = {'key': key, 'estimate': est._asdict()}
+  common.atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+  return est
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> Estimate:
   """Trains (or reuses) the base run and estimates its spectrum at t0.
 
@@ -229,13 +277,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Estimate:
   exp = common.experiment_block(config)
   common.prepare_workdir(config, workdir)
   base_dir = common.ensure_base(config, workdir)
-  est = measure(
-    common.base_config(config),
-    base_dir,
-    exp.branch_step,
-    num_batches=exp.estimate_batches,
-    hessian_iters=exp.hessian_iters,
-  )
+  est = at_branch(config, workdir, base_dir)
   scalars = est.as_scalars()
   common.write_record(workdir, 'estimate', exp.branch_step, scalars)
   print('\n'.join(f'{k}: {v:.6g}' for k, v in scalars.items()), flush=True)

@@ -8,7 +8,9 @@ experiment returns: the mean, the sample standard deviation (ddof = 1; NaN
 for a single seed) and the number of seeds that reported it. The summary
 goes to `<workdir>/metrics.jsonl` (kind 'seeds': `<scalar>/mean`,
 `<scalar>/std`, `<scalar>/count`) and, with every seed's values, to
-`<workdir>/seeds.json`; a table is printed. Relaunching reuses finished runs.
+`<workdir>/seeds.json`; a table is printed, and experiments in
+`SUMMARY_PLOTS` draw `<workdir>/<name>.png` with mean +- std. Relaunching
+reuses finished runs.
 
   python -m sgd_quad.experiments.seeds \
     --config=configs/digits_two_point.py --workdir=/tmp/two_point_seeds
@@ -40,6 +42,13 @@ EXPERIMENTS: Mapping[str, Experiment] = {
   'two_point_gains': two_point_gains.run,
   'schedule_gain': schedule_gain.run,
   'distances': distances.run,
+}
+
+
+# Experiments that can draw their figure from a summary over seeds:
+# `plot(config, summary, path) -> path`, written to <workdir>/<name>.png.
+SUMMARY_PLOTS: Mapping[str, Callable[..., str]] = {
+  'two_point_gains': two_point_gains.plot_summary,
 }
 
 
@@ -130,12 +139,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Summary]:
     epath.Path(workdir) / 'seeds.json',
     json.dumps(record, indent=1, default=float).encode(),
   )
+  figure = ''
+  if exp.name in SUMMARY_PLOTS:
+    path = os.path.join(workdir, f'{exp.name}.png')
+    figure = '\nfigure: ' + SUMMARY_PLOTS[exp.name](config, summary, path)
   rows = [
     {'scalar': k, 'mean +- std': f'{s.mean:.5g} +- {s.std:.2g}', 'n': s.count}
     for k, s in summary.items()
   ]
   print(
-    f'\n{exp.name} over seeds {tuple(exp.seeds)}\n' + common.format_table(rows),
+    f'\n{exp.name} over seeds {tuple(exp.seeds)}\n'
+    + common.format_table(rows)
+    + figure,
     flush=True,
   )
   return summary

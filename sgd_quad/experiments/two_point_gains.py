@@ -23,6 +23,8 @@ last iterate (positive = better). The estimated relaxation time at t0
 """
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -53,35 +55,93 @@ def window_means(curves: dict[str, common.Curve], start: int) -> dict:
   return out
 
 
-def _plot(path, gaps, table, names, relaxation):
+def _plot(path, gaps, table, names, relaxation, lr_factor, spread=None):
+  """Two-point averages against k, with the other models as lines.
+
+  `table[name][field]` are the values (means over seeds); `spread`, the same
+  layout, their standard deviations, drawn as error bars and bands.
+  """
+  labels = {'raw': 'last iterate', SLOW: f'LR x{lr_factor:g}, last iterate'}
   fig, axes = common.new_figure(2)
   for ax, field, label in (
     (axes[0], 'window_test_loss', 'test loss'),
     (axes[1], 'window_test_accuracy', 'test accuracy'),
   ):
-    ax.plot(
+    points = [f'two_point_k{k}' for k in gaps]
+    ax.errorbar(
       gaps,
-      [table[f'two_point_k{k}'][field] for k in gaps],
-      'o-',
+      [table[n][field] for n in points],
+      yerr=None if spread is None else [spread[n][field] for n in points],
+      fmt='o-',
       color='C0',
+      capsize=3,
       label='two-point 0.5 (theta_t + theta_{t-k})',
     )
     for i, name in enumerate(names):
+      color = 'k' if name == 'raw' else f'C{i + 1}'
+      value = table[name][field]
       ax.axhline(
-        table[name][field],
-        color='k' if name == 'raw' else f'C{i + 1}',
+        value,
+        color=color,
         ls='-' if name == 'raw' else '--',
         lw=1.2,
-        label=name,
+        label=labels.get(name, name),
       )
-    ax.axvline(relaxation, color='0.6', ls=':', label='relaxation time')
+      if spread is not None:
+        width = spread[name][field]
+        ax.axhspan(value - width, value + width, color=color, alpha=0.08)
+    ax.axvline(relaxation, color='0.6', ls=':', label='relaxation time (model)')
     ax.set_xscale('log')
+    ax.set_xticks(gaps, [str(k) for k in gaps])
+    ax.minorticks_off()
     ax.set_xlabel('gap k (steps)')
-    ax.set_ylabel(f'{label} (mean over the window)')
-    ax.grid(alpha=0.3, which='both')
+    ax.set_ylabel(f'{label} (window mean)')
+    ax.grid(alpha=0.3)
   axes[0].set_title('two-point averages against the gap')
-  axes[1].legend(fontsize=7)
+  axes[1].set_title('(lines: models without a gap)')
+  if spread is not None:
+    axes[1].set_title('mean +- std over seeds (lines: models without a gap)')
+  handles, texts = axes[0].get_legend_handles_labels()
+  fig.legend(
+    handles,
+    texts,
+    loc='upper center',
+    bbox_to_anchor=(0.5, 0.0),
+    ncol=3,
+    fontsize=8,
+    frameon=False,
+  )
   return common.save_figure(fig, path)
+
+
+def plot_summary(
+  config: ml_collections.ConfigDict, summary: Mapping[str, Any], path: str
+) -> str:
+  """The figure of `run` from a seeds summary: means with +- std.
+
+  Args:
+    config: the experiment config.
+    summary: scalar name -> a record with `mean` and `std` (`seeds.Summary`).
+    path: the PNG to write.
+
+  Returns:
+    The path written.
+  """
+  exp = common.experiment_block(config)
+  gaps = sorted(exp.two_point_gaps)
+  fields = ('window_test_loss', 'window_test_accuracy')
+  names = [
+    k[: -len('/window_test_loss')]
+    for k in summary
+    if k.endswith('/window_test_loss') and not k.startswith('gain/')
+  ]
+  table = {n: {f: summary[f'{n}/{f}'].mean for f in fields} for n in names}
+  spread = {n: {f: summary[f'{n}/{f}'].std for f in fields} for n in names}
+  others = [n for n in names if not n.startswith('two_point')]
+  relaxation = summary['estimate/relaxation_steps'].mean
+  return _plot(
+    path, gaps, table, others, relaxation, exp.lr_factor, spread=spread
+  )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -101,13 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   t0 = exp.branch_step
   common.prepare_workdir(config, workdir)
   base_dir = common.ensure_base(config, workdir)
-  est = estimate.measure(
-    common.base_config(config),
-    base_dir,
-    t0,
-    num_batches=exp.estimate_batches,
-    hessian_iters=exp.hessian_iters,
-  )
+  est = estimate.at_branch(config, workdir, base_dir)
 
   avg_cfg = common.run_config(config).averaging
   avg_cfg.two_point_gaps = tuple(int(k) for k in exp.two_point_gaps)
@@ -143,7 +197,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         scalars[f'gain/{name}/{field}'] = gain
   others = [n for n in curves if not n.startswith('two_point')]
   figure = _plot(
-    os.path.join(workdir, FIGURE), gaps, table, others, est.relaxation_steps
+    os.path.join(workdir, FIGURE),
+    gaps,
+    table,
+    others,
+    est.relaxation_steps,
+    exp.lr_factor,
   )
   common.write_record(
     workdir, 'two_point_gains', t0 + exp.branch_steps, scalars
