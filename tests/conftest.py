@@ -2,11 +2,20 @@
 
 import os
 import shutil
+import tempfile
 
-import pytest
+# Many tests (and their subprocesses, which inherit the environment) compile
+# the same tiny train step; a compilation cache shared by the session saves
+# most of that. Set before JAX is imported.
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='sgd_quad_jax_cache_')
+)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
-from configs import digits as digits_config
-from sgd_quad import data, trainer
+import pytest  # noqa: E402
+
+from configs import digits as digits_config  # noqa: E402
+from sgd_quad import data, trainer  # noqa: E402
 
 
 @pytest.fixture(scope='session')

@@ -57,8 +57,10 @@ def test_aggregate_mean_and_sample_std():
 def test_seed_config_sets_both_seeds():
   config = digits_equivalence.get_config()
   config.lock()
+  config.experiment.base_workdir = '/runs/seed_{seed}/base'
   copy = seeds.seed_config(config, 3)
   assert (copy.init_seed, copy.data_seed) == (3, 3)
+  assert copy.experiment.base_workdir == '/runs/seed_3/base'
   assert config.init_seed == 0
   assert copy.experiment.name == config.experiment.name
 
@@ -86,6 +88,17 @@ def test_experiment_block_is_validated():
   config.schedule.name = 'cosine'
   with pytest.raises(ConfigError, match='schedule.name'):
     experiments.validate(config.experiment, config)
+
+
+def test_discrepancy_is_taken_over_common_steps():
+  a = common.Curve(*map(np.array, ([10, 20, 30], [1, 2, 3], [0.5, 0.6, 0.7])))
+  b = common.Curve(*map(np.array, ([20, 30, 40], [2.5, 2, 9], [0.6, 0.9, 0])))
+  out = equivalence.discrepancy(a, b)
+  assert out['overlap'] == 2
+  assert out['loss'] == pytest.approx(0.75)
+  assert out['accuracy'] == pytest.approx(0.1)
+  empty = equivalence.discrepancy(a, b._replace(steps=np.array([1, 2, 3])))
+  assert empty['overlap'] == 0 and math.isnan(empty['loss'])
 
 
 def test_decay_schedules_end_at_zero():
@@ -138,7 +151,12 @@ def test_equivalence_end_to_end(tmp_path, digits_dir):
   workdir = os.fspath(tmp_path / 'eq')
   out = equivalence.run(config, workdir)
 
-  assert np.isfinite(out['ema_0.9/loss_discrepancy'])
+  a = common.curve(os.path.join(workdir, 'A'), 'ema_0.9')
+  b = common.curve(os.path.join(workdir, 'B_ema_0.9'), 'raw')
+  np.testing.assert_array_equal(a.steps, [20, 30])
+  np.testing.assert_array_equal(b.steps, [20, 30])
+  expected = np.mean(np.abs(a.loss - b.loss))
+  assert out['ema_0.9/loss_discrepancy'] == pytest.approx(expected)
   assert out['ema_0.9/overlap_evals'] == 2
   with open(os.path.join(workdir, equivalence.FIGURE), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -148,6 +166,7 @@ def test_equivalence_end_to_end(tmp_path, digits_dir):
   lrs = np.load(os.path.join(workdir, 'schedule_ema_0.9.npy'))
   assert lrs.shape == (30,) and np.all(lrs[:10] == np.float32(0.1))
   assert os.path.isdir(os.path.join(workdir, 'B_ema_0.9', 'checkpoints'))
+  assert os.path.exists(os.path.join(workdir, 'estimate.json'))
   assert not os.path.exists(os.path.join(workdir, 'B_two_point_k10'))
 
 

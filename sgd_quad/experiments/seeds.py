@@ -2,8 +2,9 @@
 
 `experiment.name` picks the experiment (`EXPERIMENTS`); for every seed s in
 `experiment.seeds` it runs with init_seed = data_seed = s in
-`<workdir>/seed_<s>` (each seed trains its own base run, so
-`experiment.base_workdir` must be empty), then aggregates every scalar the
+`<workdir>/seed_<s>` (each seed trains its own base run there, or reuses
+`experiment.base_workdir` with '{seed}' replaced by s, e.g. the bases of an
+earlier seeds run: DIR/seed_{seed}/base), then aggregates every scalar the
 experiment returns: the mean, the sample standard deviation (ddof = 1; NaN
 for a single seed) and the number of seeds that reported it. The summary
 goes to `<workdir>/metrics.jsonl` (kind 'seeds': `<scalar>/mean`,
@@ -91,10 +92,16 @@ def aggregate(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
 def seed_config(
   config: ml_collections.ConfigDict, seed: int
 ) -> ml_collections.ConfigDict:
-  """The config with init_seed = data_seed = seed (an unlocked copy)."""
+  """The config with init_seed = data_seed = seed (an unlocked copy).
+
+  A '{seed}' in `experiment.base_workdir` becomes the seed, so experiments
+  can share the base runs of an earlier one.
+  """
   copy = common.copy_config(config)
   copy.init_seed = int(seed)
   copy.data_seed = int(seed)
+  base = copy.experiment.base_workdir
+  copy.experiment.base_workdir = base.replace('{seed}', str(seed))
   return copy
 
 
@@ -109,10 +116,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Summary]:
     name -> `Summary` over the seeds.
   """
   exp = common.experiment_block(config)
-  if exp.base_workdir:
+  if exp.base_workdir and '{seed}' not in exp.base_workdir:
     raise ConfigError(
       'experiment.base_workdir',
-      'must be empty for the seeds runner: every seed trains its own base',
+      f'got {exp.base_workdir!r}; allowed for the seeds runner: empty (every '
+      "seed trains its own base) or a path with '{seed}' in it",
     )
   experiment = EXPERIMENTS[exp.name]
   common.prepare_workdir(config, workdir)
