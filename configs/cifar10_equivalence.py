@@ -24,7 +24,7 @@ def get_config():
   config = cifar10.get_config()
   config.schedule.name = 'constant'
   config.schedule.warmup_steps = EPOCH
-  config.num_steps = 100 * EPOCH
+  config.num_steps = 150 * EPOCH  # the branches end; the base stops at t0
   config.eval_every = 10 * EPOCH
   config.checkpoint.every = 10 * EPOCH
   config.averaging.ema_decays = (0.999, 0.9999)

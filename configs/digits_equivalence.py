@@ -26,7 +26,9 @@ def get_config():
   config.optimizer.label_smoothing = 0.1
   config.schedule.name = 'constant'
   config.schedule.warmup_steps = 20
-  config.num_steps = 1000  # the base run's length is experiment.branch_step
+  # The base run trains to experiment.branch_step and the branches to
+  # branch_step + branch_steps, which the averaging block is checked against.
+  config.num_steps = 2000
   config.eval_every = 100
   config.checkpoint.every = 500
 

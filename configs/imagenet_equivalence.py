@@ -21,7 +21,7 @@ EPOCH = imagenet_resnet50.STEPS_PER_EPOCH
 
 def get_config():
   config = imagenet_two_point.get_config()
-  config.num_steps = 16 * EPOCH
+  config.num_steps = 24 * EPOCH  # the branches end; the base stops at t0
   config.eval_every = EPOCH
   config.checkpoint.every = EPOCH
   config.averaging.ema_decays = (0.9998,)

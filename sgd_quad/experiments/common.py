@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -37,6 +38,21 @@ def experiment_block(config: ml_collections.ConfigDict):
       'configs/digits_equivalence.py',
     )
   return config.experiment
+
+
+def validated(config: ml_collections.ConfigDict):
+  """Checks the whole experiment config; returns its `experiment` block.
+
+  Raises:
+    ConfigError: naming the first bad field, before anything runs.
+  """
+  exp = experiment_block(config)
+  config_lib.validate(
+    config,
+    device_count=jax.device_count(),
+    process_count=jax.process_count(),
+  )
+  return exp
 
 
 def copy_config(

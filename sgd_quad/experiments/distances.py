@@ -176,7 +176,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     measurements) and `lr<f>/<order>/relative_plateau` (divided by
     |theta|).
   """
-  exp = common.experiment_block(config)
+  exp = common.validated(config)
   common.prepare_workdir(config, workdir)
   base_dir = common.ensure_base(config, workdir)
   writer = metrics.MetricWriter(workdir)

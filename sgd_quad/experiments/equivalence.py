@@ -174,7 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     `<name>/accuracy_discrepancy`, `<name>/averaging_effect`, the final test
     metrics of A's models and B's, and the estimate.
   """
-  exp = common.experiment_block(config)
+  exp = common.validated(config)
   t0, num = exp.branch_step, exp.branch_steps
   avg_cfg = common.run_config(config).averaging
   rules = modelled_rules(avg_cfg, t0)

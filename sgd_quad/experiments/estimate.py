@@ -274,7 +274,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Estimate:
   Writes the estimate as a record of kind 'estimate' to
   <workdir>/metrics.jsonl and prints it.
   """
-  exp = common.experiment_block(config)
+  exp = common.validated(config)
   common.prepare_workdir(config, workdir)
   base_dir = common.ensure_base(config, workdir)
   est = at_branch(config, workdir, base_dir)

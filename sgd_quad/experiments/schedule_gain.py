@@ -86,7 +86,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     `<branch>/gain/<model>/test_loss`, `.../test_accuracy`, for branch
     'constant' and 'decay'.
   """
-  exp = common.experiment_block(config)
+  exp = common.validated(config)
   t0, num = exp.branch_step, exp.branch_steps
   common.prepare_workdir(config, workdir)
   base_dir = common.ensure_base(config, workdir)

@@ -115,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Summary]:
   Returns:
     name -> `Summary` over the seeds.
   """
-  exp = common.experiment_block(config)
+  exp = common.validated(config)
   if exp.base_workdir and '{seed}' not in exp.base_workdir:
     raise ConfigError(
       'experiment.base_workdir',

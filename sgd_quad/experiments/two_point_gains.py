@@ -157,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     `gain/<model>/...` (differences from 'raw', positive = better) and the
     estimate at t0.
   """
-  exp = common.experiment_block(config)
+  exp = common.validated(config)
   t0 = exp.branch_step
   common.prepare_workdir(config, workdir)
   base_dir = common.ensure_base(config, workdir)
