@@ -36,5 +36,9 @@ def test_every_documented_config_exists():
     'imagenet_swa',
     'imagenet_two_point',
     'cifar10_averaging',
+    'digits_probes',
+    'cifar10_probes',
+    'imagenet_probes',
+    'digits_equivalence',
   ):
     assert name in CONFIGS
