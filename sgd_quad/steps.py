@@ -205,6 +205,38 @@ def eval_step(
   return sums
 
 
+def nonfinite_parts(state: TrainState) -> dict[str, jax.Array]:
+  """Which parts of the state hold a NaN or an infinity.
+
+  The loop checks losses and norms every step; this covers what they miss
+  (BatchNorm statistics, momentum, the averages) before a checkpoint.
+
+  Args:
+    state: the train state.
+
+  Returns:
+    part name -> a bool scalar, True when some entry of that part is not
+    finite; parts are `params`, `batch_stats`, `opt_state` and
+    `averages/<name>`.
+  """
+
+  def bad(tree):
+    checks = [
+      ~jnp.all(jnp.isfinite(x))
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.any(jnp.stack(checks)) if checks else jnp.bool_(False)
+
+  parts = {
+    'params': state.params,
+    'batch_stats': state.batch_stats,
+    'opt_state': state.opt_state,
+  }
+  parts.update({f'averages/{k}': v for k, v in state.averages.items()})
+  return {name: bad(tree) for name, tree in parts.items()}
+
+
 def model_variables(
   state: TrainState,
   *,

@@ -61,6 +61,7 @@ class Setup(NamedTuple):
   eval_step: Any
   model_variables: Any
   update_direction: Any
+  nonfinite_parts: Any
   workdir: str
 
 
@@ -230,6 +231,9 @@ def build(
       ),
       in_shardings=(replicated, rows),
       out_shardings=replicated,
+    ),
+    nonfinite_parts=jax.jit(
+      steps_lib.nonfinite_parts, out_shardings=replicated
     ),
     workdir=workdir,
   )
@@ -410,10 +414,6 @@ def _summarise(window: list[dict[str, jax.Array]], first: int, last: int):
     for name in ('loss', 'grad_norm', 'param_norm', 'update_norm')
     if not np.all(np.isfinite(stacked[name]))
   }
-  # TODO(sgd_quad): BatchNorm running statistics are not checked: a batch
-  # variance that overflows to inf still normalises to finite activations,
-  # so a checkpoint could hold inf statistics beside a finite loss. An
-  # all-finite check of the whole state before each save would close this.
   if first_bad:
     # The earliest step names the cause: a blown-up update shows in the
     # norms a step or two before the loss.
@@ -424,6 +424,25 @@ def _summarise(window: list[dict[str, jax.Array]], first: int, last: int):
       'no checkpoint was written for this window, earlier ones are kept'
     )
   return {f'train/{k}': float(np.mean(v)) for k, v in stacked.items()}
+
+
+def check_state_finite(setup: Setup, state: steps_lib.TrainState, step: int):
+  """Refuses to checkpoint a state that holds a NaN or an infinity.
+
+  A batch variance that overflows still normalises to finite activations,
+  so BatchNorm statistics (or momentum, or an average) can go bad beside a
+  finite loss; the per-step checks of losses and norms would miss it.
+
+  Raises:
+    NonFiniteError: naming the parts of the state that are not finite.
+  """
+  bad = jax.device_get(setup.nonfinite_parts(state))
+  names = [name for name, flag in bad.items() if flag]
+  if names:
+    raise NonFiniteError(
+      f'non-finite {", ".join(names)} in the state after step {step}; no '
+      'checkpoint was written for it, earlier ones are kept'
+    )
 
 
 def _format_table(rows: list[dict]) -> str:
@@ -700,6 +719,7 @@ def _train_loop(setup, state, mngr, writer, lock, preemption, start_time):
     if at_checkpoint:
       # Metrics up to `step` become durable before the checkpoint commits.
       writer.flush()
+      check_state_finite(setup, state, step)
       checkpoint.save(mngr, step, state, {'step': step, **meta})
     if stop:
       logging.warning('Preempted: saved step %d; relaunch to resume.', step)

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -170,6 +171,21 @@ def test_divergence_stops_without_a_bad_checkpoint(tmp_path, digits_dir):
   with pytest.raises(trainer.NonFiniteError, match='non-finite .* step'):
     trainer.train_and_evaluate(config, workdir)
   assert checkpoint.manager(workdir, keep=3).all_steps() == []
+
+
+def test_a_state_with_non_finite_statistics_is_not_checkpointed(digits_dir):
+  setup = trainer.build(tiny_config(digits_dir))
+  state = trainer.init_state(setup)
+  trainer.check_state_finite(setup, state, 0)
+
+  # An overflowed batch variance leaves the loss finite but not the state.
+  stats = jax.tree.map(lambda x: x.at[0].set(jnp.inf), state.batch_stats)
+  state = state.replace(batch_stats=stats)
+  with pytest.raises(trainer.NonFiniteError) as error:
+    trainer.check_state_finite(setup, state, 7)
+  message = str(error.value)
+  assert 'non-finite batch_stats' in message and 'after step 7' in message
+  assert 'params' not in message and 'averages' not in message
 
 
 def test_train_step_compiles_once(digits_dir):
