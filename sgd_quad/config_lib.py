@@ -284,12 +284,27 @@ def validate(
     config.averaging, num_steps=config.num_steps, eval_steps=eval_steps
   )
   probing.validate(config.probes, num_steps=config.num_steps)
+  if probing.probe_steps(config.probes, config.num_steps):
+    _check_probe_test_batches(config, data.DATASETS[config.data.name])
   if config.schedule.name == 'file':
     optim.load_lr_file(config.schedule.file, config.num_steps)
   if 'experiment' in config:
     from sgd_quad import experiments
 
     experiments.validate(config.experiment, config)
+
+
+def _check_probe_test_batches(config, spec):
+  """The fixed test batches of the probes must exist in the test split."""
+  wanted = config.probes.num_test_batches
+  available = -(-spec.num_test // min(config.eval_batch_size, spec.num_test))
+  if wanted > available:
+    raise ConfigError(
+      'probes.num_test_batches',
+      f'{wanted} test batches of {config.eval_batch_size} examples do not '
+      f'fit in the {spec.num_test} test examples of {config.data.name}; '
+      f'allowed: 0 to {available}',
+    )
 
 
 def _validate_schedule(config):

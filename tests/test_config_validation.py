@@ -378,6 +378,22 @@ def test_multi_point_span_past_the_end(digits_dir):
   _assert_one_line(info.value, 'averaging.multi_point_gap', 'at most')
 
 
+def test_probe_test_batches_past_the_test_split(digits_dir):
+  # The digits' 360 test examples make one evaluation batch of 128 or more.
+  config = _config(
+    digits_dir,
+    'probes.num_test_batches',
+    2,
+    **{'probes.steps': (5,), 'eval_batch_size': 360},
+  )
+  with pytest.raises(ConfigError) as info:
+    config_lib.validate(config, device_count=1, process_count=1)
+  _assert_one_line(info.value, 'probes.num_test_batches', 'allowed: 0 to 1')
+
+  config.probes.num_test_batches = 1
+  config_lib.validate(config, device_count=1, process_count=1)
+
+
 def test_data_dir_without_the_dataset(tmp_path, digits_dir):
   empty = tmp_path / 'tfds'
   empty.mkdir()
