@@ -17,7 +17,7 @@ import pytest
 
 from sgd_quad import theory
 from sgd_quad.theory import closed_forms as cf
-from sgd_quad.theory import rules
+from sgd_quad.theory import rules, schedule_matching
 
 ALPHAS = np.array([0.01, 0.05, 0.2])
 REPLICAS = 64
@@ -443,6 +443,21 @@ def test_matched_schedule_with_momentum():
     )
     error = np.abs(matched.matched_loss / matched.target_loss - 1)
     assert error.max() < 0.02, type(rule).__name__
+
+
+def test_solver_root_keeps_the_lr_non_negative():
+  # (u + 0.1)(u - 0.3): below the target at a small LR the loss first falls
+  # with the LR (contraction), then rises (noise), so the nearer root can be
+  # a negative LR; the solver must take the other one, not decay to zero.
+  root = schedule_matching._nearest_root
+  a, b, c = 1.0, -0.2, -0.03
+  u, reached = root(a, b, c, lr=0.05)
+  assert bool(reached) and float(u) == pytest.approx(0.3)
+  u, reached = root(a, b, c, lr=0.2)
+  assert bool(reached) and float(u) == pytest.approx(-0.1)
+  # (u + 0.1)(u + 0.3) at LR 0.05: every root is a negative LR.
+  u, reached = root(1.0, 0.4, 0.03, lr=0.05)
+  assert not bool(reached) and float(u) == pytest.approx(-0.2)  # the vertex
 
 
 def test_write_schedule_round_trip(tmp_path):

@@ -287,19 +287,31 @@ def _loss(h: jax.Array, p: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(h * p[..., 0, 0], axis=-1)
 
 
-def _nearest_root(a, b, c):
-  """Root nearest 0 of a u^2 + b u + c, or the vertex if there is none.
+def _nearest_root(a, b, c, lr):
+  """Root u of a u^2 + b u + c nearest 0 that keeps lr + u >= 0 (scalars).
 
-  Returns (u, reached); reached is False where the parabola never reaches
-  zero, and u is then its vertex (or a unit step downhill if a <= 0).
+  Returns (u, reached); reached is False where no root keeps the LR
+  non-negative, and u is then the vertex (or a unit step downhill if
+  a <= 0): the LR that brings the loss closest to the target.
   """
   disc = b**2 - 4.0 * a * c
-  reached = disc >= 0
-  # The smaller root c / q, q = -(b + sign(b) sqrt(disc)) / 2, stays
+  real = disc >= 0
+  # The roots c / q and q / a, q = -(b + sign(b) sqrt(disc)) / 2; c / q stays
   # accurate when a is tiny.
   sign = jnp.where(b >= 0, 1.0, -1.0)
   q = -0.5 * (b + sign * jnp.sqrt(jnp.maximum(disc, 0.0)))
-  root = jnp.where(q != 0, c / jnp.where(q != 0, q, 1.0), 0.0)
+  roots = jnp.stack(
+    [
+      jnp.where(q != 0, c / jnp.where(q != 0, q, 1.0), jnp.inf),
+      jnp.where(a != 0, q / jnp.where(a != 0, a, 1.0), jnp.inf),
+    ]
+  )
+  # Below the target at a small LR the nearer root is often negative: the
+  # loss first falls with the LR (contraction), then rises (noise).
+  usable = real & jnp.isfinite(roots) & (lr + roots >= 0)
+  distance = jnp.where(usable, jnp.abs(roots), jnp.inf)
+  root = roots[jnp.argmin(distance)]
+  reached = jnp.any(usable)
   vertex = jnp.where(a > 0, -b / jnp.where(a > 0, 2.0 * a, 1.0), -sign)
   return jnp.where(reached, root, vertex), reached
 
@@ -363,7 +375,7 @@ def _solve(h, s2, base_lr, momentum, targets, form, horizon):
     def newton(_, state):
       lr, _ = state
       g, slope, half_curve = expand(p, lr, n)
-      u, reached = _nearest_root(half_curve, slope, g - target)
+      u, reached = _nearest_root(half_curve, slope, g - target, lr)
       # A move beyond a factor 4 means the expansion is not to be trusted.
       lr = jnp.clip(lr + u, 0.25 * lr, 4.0 * lr + 1e-3 * base_lr)
       return lr, reached
