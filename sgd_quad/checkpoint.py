@@ -14,8 +14,10 @@ verifies checkpoints newest first and skips, with a warning, any that is
 truncated, altered or missing files.
 """
 
+import contextlib
 import hashlib
 import json
+import logging as std_logging
 import os
 from typing import Any
 
@@ -229,6 +231,43 @@ def restore_fields(
   return restored['state']
 
 
+class QuietOrbax(std_logging.Filter):
+  """Drops orbax's INFO records, whose per-save chatter hides our lines.
+
+  For the handler of a command-line tool: `absl.logging.get_absl_handler()
+  .addFilter(QuietOrbax())`.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if '/orbax/' not in record.pathname:
+      return True
+    # A failed save logs a traceback from each of orbax's threads; the one
+    # line of each error says enough.
+    record.exc_info = record.exc_text = None
+    return record.levelno > std_logging.INFO
+
+
+class _DropMissingMetadata(std_logging.Filter):
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return 'Metadata file does not exist' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_item_metadata_warning():
+  """Silences orbax's warning that an item directory has no step metadata.
+
+  Reading one item of a step directly, as `load_subtree` does, is sound (the
+  step's metadata sits one level up), but orbax warns about it every time.
+  """
+  quiet = _DropMissingMetadata()
+  logger = std_logging.getLogger('absl')
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
+
+
 def load_subtree(
   workdir: str,
   path: tuple[str, ...],
@@ -253,13 +292,19 @@ def load_subtree(
     The subtree's arrays.
   """
   mngr = manager(workdir, keep=2)
+  saved = sorted(mngr.all_steps())
   step = latest_good_step(mngr) if step is None else step
   mngr.close()
   if step is None:
     raise FileNotFoundError(f'no good checkpoint in {workdir}/checkpoints')
+  if step not in saved:
+    raise FileNotFoundError(
+      f'step {step} is not saved in {workdir}/checkpoints; saved: {saved}'
+    )
   item_dir = absolute(workdir) / 'checkpoints' / str(step) / 'state'
   ckptr = ocp.PyTreeCheckpointer()
-  tree = ckptr.metadata(item_dir).item_metadata.tree
+  with _without_item_metadata_warning():
+    tree = ckptr.metadata(item_dir).item_metadata.tree
   for key in path:
     tree = tree[key]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -269,14 +314,15 @@ def load_subtree(
   )
   for key in reversed(path):
     target = {key: target}
-  restored = ckptr.restore(
-    item_dir,
-    args=ocp.args.PyTreeRestore(
-      item=target,
-      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True,
-    ),
-  )
+  with _without_item_metadata_warning():
+    restored = ckptr.restore(
+      item_dir,
+      args=ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+      ),
+    )
   for key in path:
     restored = restored[key]
   return restored

@@ -177,6 +177,12 @@ def _start(
     # gloo is JAX's default today; set so that CPU runs never end up
     # without cross-process collectives if that default changes.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # TODO(sgd_quad): the README's 2-process x 2-device digits run on a
+    # loaded 2-core CPU once stopped for good after step 100, every
+    # process blocked inside gloo's all-reduce in the train step (its
+    # rerun finished; the tests' 20-step runs have never hung). Not seen
+    # on accelerators; a watchdog on the step time would turn such a hang
+    # into an error.
   deadline = time.monotonic() + timeout_s
   if coordinator_address is not None and process_id != 0:
     _wait_for_port(coordinator_address, deadline)

@@ -10,11 +10,12 @@ batches that `probing.choose_batches` picks from the run's config) at
 """
 
 import io
+import sys
 from collections.abc import Sequence
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 
 from sgd_quad import checkpoint, inference, probes, probing, trainer
@@ -88,18 +89,24 @@ _BN = flags.DEFINE_enum('bn_mode', 'batch', ['batch', 'running'], 'BN mode.')
 
 def main(argv: Sequence[str]):
   del argv
-  alphas, losses, names = interpolate(
-    _WORKDIR.value,
-    _STEP_A.value,
-    _STEP_B.value,
-    num_alphas=_NUM.value,
-    bn_mode=_BN.value,
-  )
+  logging.get_absl_handler().addFilter(checkpoint.QuietOrbax())
+  try:
+    alphas, losses, names = interpolate(
+      _WORKDIR.value,
+      _STEP_A.value,
+      _STEP_B.value,
+      num_alphas=_NUM.value,
+      bn_mode=_BN.value,
+    )
+  except FileNotFoundError as e:  # no such run or step
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   figure = _write(
     _WORKDIR.value, _STEP_A.value, _STEP_B.value, alphas, losses, names
   )
+  print(f'{"alpha":12s} ' + ' '.join(f'{a:6.3f}' for a in alphas))
   for name, row in zip(names, losses, strict=True):
-    print(f'{name:12s} ' + ' '.join(f'{x:.3f}' for x in row))
+    print(f'{name:12s} ' + ' '.join(f'{x:6.3f}' for x in row))
   print(f'figure: {figure}')
 
 

@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sgd_quad import config_lib, distributed, trainer
+from sgd_quad import checkpoint, config_lib, distributed, trainer
 from sgd_quad.errors import ConfigError, WorkdirError
 from sgd_quad.workdir_lock import WorkdirBusyError
 
@@ -52,22 +52,21 @@ _STARTUP_TIMEOUT = flags.DEFINE_float(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops INFO records of orbax, whose per-save chatter hides our lines."""
+class _NoBackendProbe(std_logging.Filter):
+  """Drops JAX's INFO line about backends this machine lacks (libtpu, say)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    if '/orbax/' not in record.pathname:
-      return True
-    # A failed save logs a traceback from each of orbax's threads; the one
-    # line of each error says enough.
-    record.exc_info = record.exc_text = None
-    return record.levelno > std_logging.INFO
+    return (
+      record.levelno > std_logging.INFO
+      or not record.getMessage().startswith('Unable to initialize backend')
+    )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(checkpoint.QuietOrbax())
+  logging.get_absl_handler().addFilter(_NoBackendProbe())
   sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
   try:
     distributed.initialize(
@@ -166,8 +165,7 @@ def _flag_error(argv: list[str], error: Exception) -> str:
 
 
 def _fail(error: Exception | str, *, code: int, abandon_threads: bool = False):
-  if flags.FLAGS.is_parsed():  # else absl would warn about early logging
-    logging.error('%s', error)
+  # One line on stderr; absl's handler writes there too, so it is not logged.
   print(f'error: {error}', file=sys.stderr, flush=True)
   if abandon_threads:
     sys.stdout.flush()

@@ -144,15 +144,15 @@ def test_gpu_node_dry_run():
   assert 'allowed: comma-separated GPU indices' in bad.stderr
 
 
-def test_slurm_dry_run():
-  out = _run(
-    'bash',
-    os.path.join(LAUNCH, 'slurm.sbatch'),
-    '--dry-run',
+@pytest.mark.parametrize('where', ['first', 'last'])
+def test_slurm_dry_run(where):
+  args = [
     'configs/imagenet_resnet50.py',
     '/shared/r50',
     '--config.num_steps=100',
-  ).stdout
+  ]
+  args = ['--dry-run', *args] if where == 'first' else [*args, '--dry-run']
+  out = _run('bash', os.path.join(LAUNCH, 'slurm.sbatch'), *args).stdout
   [line] = [x for x in out.splitlines() if x.startswith('+ ')]
   words = shlex.split(line[2:])
   assert words[3:] == [

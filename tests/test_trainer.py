@@ -253,6 +253,10 @@ def test_load_model_for_inference(trained_run, digits_dir):
     )
   with pytest.raises(KeyError, match='allowed: raw, ema_0.99'):
     inference.load_model(workdir, 'ema_0.5')
+  with pytest.raises(
+    FileNotFoundError, match=r'step 30 is not saved .*\[20, 40\]'
+  ):
+    checkpoint.load_subtree(workdir, ('params',), step=30)
 
 
 def test_shutil_copy_of_checkpoints_is_resumable(run_copy):
